@@ -1,0 +1,266 @@
+//! The admin HTTP server: `/healthz`, `/readyz` and `/metrics`.
+//!
+//! `/healthz` answers 200 while the process is alive and serving; `/readyz`
+//! reflects the daemon's own [`Readiness`] (for dagsync: a recent successful
+//! sync; for sinks: the destination checked at start); `/metrics` renders the
+//! process-wide Prometheus registry installed by [`install_metrics`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder once per process and returns its handle.
+///
+/// Timers are exported as histograms with buckets suited to sync and flush
+/// durations (seconds).
+pub fn install_metrics() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0,
+                ])
+                .expect("static bucket list is non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests that embed two daemons); the
+            // handle still renders what this recorder saw.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The daemon's readiness, as shown on `/readyz`. Cheap to clone and share.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    state: Arc<Mutex<ReadyState>>,
+    check: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+}
+
+#[derive(Default)]
+struct ReadyState {
+    ready: bool,
+    reason: String,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ready, reason) = self.status();
+        f.debug_struct("Readiness")
+            .field("ready", &ready)
+            .field("reason", &reason)
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// Starts not ready, with a reason shown on `/readyz`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        let r = Self::default();
+        r.set_not_ready(reason);
+        r
+    }
+
+    /// Readiness computed on every request by `check` (for example: last success is recent),
+    /// in addition to the flag set with [`Readiness::set_ready`].
+    pub fn with_check(
+        mut self,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Arc::new(check));
+        self
+    }
+
+    /// Marks ready.
+    pub fn set_ready(&self) {
+        let mut s = self.state.lock().expect("readiness lock");
+        s.ready = true;
+        s.reason.clear();
+    }
+
+    /// Marks not ready, with a reason.
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        let mut s = self.state.lock().expect("readiness lock");
+        s.ready = false;
+        s.reason = reason.into();
+    }
+
+    /// `(ready, reason)`.
+    pub fn status(&self) -> (bool, String) {
+        let (ready, reason) = {
+            let s = self.state.lock().expect("readiness lock");
+            (s.ready, s.reason.clone())
+        };
+        if !ready {
+            return (false, reason);
+        }
+        match self.check.as_ref().map(|c| c()) {
+            Some(Err(why)) => (false, why),
+            _ => (true, String::new()),
+        }
+    }
+}
+
+/// A bound admin server, ready to [`AdminServer::serve`].
+pub struct AdminServer {
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+}
+
+/// The admin address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the admin server to {addr}: {source} (choose another --admin-addr)")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError { addr, source })?;
+        Ok(Self {
+            listener,
+            readiness,
+            metrics: install_metrics(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled. Spawn it: `tokio::spawn(server.serve(token))`.
+    pub async fn serve(self, shutdown: Shutdown) {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "admin server listening");
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let readiness = self.readiness.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let readiness = readiness.clone();
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(route(req, &readiness, &metrics)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+fn route(
+    req: Request<Incoming>,
+    readiness: &Readiness,
+    metrics: &PrometheusHandle,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match readiness.status() {
+            (true, _) => text(StatusCode::OK, "ready\n".into()),
+            (false, why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::healthcheck::get;
+
+    #[tokio::test]
+    async fn serves_health_readiness_and_metrics() {
+        let readiness = Readiness::new("warming up");
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), readiness.clone())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let token = Shutdown::new();
+        let task = tokio::spawn(server.serve(token.clone()));
+        metrics::counter!("airside_core_test_total").increment(3);
+
+        let (status, body) = get(addr, "/healthz").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        let (status, body) = get(addr, "/readyz").await.unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("warming up"), "{body}");
+        readiness.set_ready();
+        assert_eq!(get(addr, "/readyz").await.unwrap().0, 200);
+        let (status, body) = get(addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("airside_core_test_total 3"), "{body}");
+        assert_eq!(get(addr, "/nope").await.unwrap().0, 404);
+
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn check_can_withdraw_readiness() {
+        let r = Readiness::new("starting").with_check(|| Err("stale".into()));
+        assert_eq!(r.status(), (false, "starting".to_string()));
+        r.set_ready();
+        assert_eq!(r.status(), (false, "stale".to_string()));
+    }
+}

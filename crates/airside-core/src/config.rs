@@ -1,0 +1,93 @@
+//! Configuration helpers shared by the daemons' clap definitions.
+//!
+//! Every flag of every daemon also reads an environment variable (ECS passes
+//! configuration as environment); the helpers here keep value syntax identical
+//! across daemons: durations are humantime (`30s`, `1m30s`, `250ms`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+/// Parses a human duration such as `30s`, `5m` or `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?}: {e} (use a number with a unit, for example 30s, 5m, 250ms)")
+    })
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// JSON lines when stdout is not a terminal, human text when it is.
+    #[default]
+    Auto,
+    /// Always one JSON object per line.
+    Json,
+    /// Always human-readable text.
+    Text,
+}
+
+/// Defines a daemon's logging flags with that daemon's environment variable names,
+/// so that every flag of `dagsync` reads `DAGSYNC_*`, of `logship` `LOGSHIP_*`, and so on.
+///
+/// ```ignore
+/// airside_core::log_args!(LogArgs, "DAGSYNC_LOG_FORMAT", "DAGSYNC_LOG");
+/// ```
+#[macro_export]
+macro_rules! log_args {
+    ($name:ident, $format_env:literal, $level_env:literal) => {
+        /// Logging flags.
+        #[derive(Debug, Clone, ::clap::Args)]
+        pub struct $name {
+            /// Log format: auto (JSON unless stderr is a terminal), json or text.
+            #[arg(long, env = $format_env, value_enum, default_value_t = $crate::config::LogFormat::Auto, global = true)]
+            pub log_format: $crate::config::LogFormat,
+            /// Log filter in tracing's EnvFilter syntax, for example `info` or `debug,aws_smithy_runtime=info`.
+            #[arg(long = "log-level", env = $level_env, default_value = "info", global = true)]
+            pub log_level: String,
+        }
+
+        impl $name {
+            /// Installs the global tracing subscriber for these flags.
+            pub fn init_tracing(&self) {
+                $crate::telemetry::init(self.log_format, &self.log_level);
+            }
+        }
+    };
+}
+
+/// Parses a `host:port` admin address, with a helpful message.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|e| {
+        format!("invalid address {text:?}: {e} (use IP:PORT, for example 127.0.0.1:9400)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        let err = parse_duration("30").unwrap_err();
+        assert!(err.contains("30s"), "{err}");
+    }
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            parse_socket_addr("127.0.0.1:9400").unwrap(),
+            "127.0.0.1:9400".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_socket_addr("localhost").is_err());
+    }
+}

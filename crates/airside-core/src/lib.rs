@@ -1,0 +1,28 @@
+//! The shared core of the airside sidecar daemons.
+//!
+//! Everything that every daemon needs lives here exactly once, so that dagsync,
+//! logship and metricship behave alike in production: configuration helpers
+//! ([`config`]), structured logging ([`telemetry`]), the admin HTTP server with
+//! `/healthz`, `/readyz` and `/metrics` ([`admin`]), one shutdown signal with a
+//! bounded drain ([`shutdown`]), full-jitter backoff ([`backoff`]), AWS client
+//! setup with a pure-Rust resolver and error classification ([`aws`]), ECS task
+//! metadata ([`ecs`]), the `healthcheck` subcommand ([`healthcheck`]) and the
+//! exit-code contract ([`exit`]).
+//!
+//! Data flows one way: a daemon's `main` parses its clap config, calls
+//! [`telemetry::init`], builds its service and hands it a [`shutdown::Shutdown`];
+//! its `run` returns an error that maps to an [`exit::ExitCode`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod aws;
+pub mod backoff;
+pub mod config;
+pub mod ecs;
+pub mod exit;
+pub mod healthcheck;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use exit::ExitCode;

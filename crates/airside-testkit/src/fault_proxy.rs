@@ -1,0 +1,405 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One kind of injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// HTTP 500 InternalError.
+    InternalError,
+    /// HTTP 503 SlowDown (S3's throttling answer).
+    SlowDown,
+    /// HTTP 400 with a throttling code (ThrottlingException / Throttling), as the JSON and
+    /// query protocols send it.
+    Throttle,
+    /// Close the connection without answering; the request never reaches the emulator.
+    DropBeforeForward,
+    /// Forward the request, then close the connection instead of returning the answer:
+    /// the request took effect but the client cannot know.
+    DropAfterForward,
+}
+
+const ALL_FAULTS: [Fault; 5] = [
+    Fault::InternalError,
+    Fault::SlowDown,
+    Fault::Throttle,
+    Fault::DropBeforeForward,
+    Fault::DropAfterForward,
+];
+
+/// A hook that may replace a successful upstream answer: `(request path+query, request body,
+/// response body) -> Some(new response body)`. Used, for example, to fake Firehose partial
+/// failures.
+pub type ResponseRewrite = Arc<dyn Fn(&str, &Bytes, &Bytes) -> Option<Bytes> + Send + Sync>;
+
+/// What the proxy injects.
+#[derive(Clone)]
+pub struct FaultPlan {
+    /// Probability (0..=1) that a request gets a fault.
+    pub rate: f64,
+    /// The faults to choose from, uniformly.
+    pub faults: Vec<Fault>,
+    /// Seed for reproducible runs.
+    pub seed: u64,
+    /// Optional rewrite of successful answers.
+    pub rewrite: Option<ResponseRewrite>,
+}
+
+impl FaultPlan {
+    /// No faults: a transparent proxy whose rate can be raised later with [`FaultProxy::set_rate`].
+    pub fn none() -> Self {
+        Self {
+            rate: 0.0,
+            faults: ALL_FAULTS.to_vec(),
+            seed: 1,
+            rewrite: None,
+        }
+    }
+
+    /// Every kind of fault, on `rate` of the requests.
+    pub fn all(rate: f64) -> Self {
+        Self {
+            rate,
+            ..Self::none()
+        }
+    }
+
+    /// Only these faults, on `rate` of the requests.
+    pub fn only(rate: f64, faults: &[Fault]) -> Self {
+        Self {
+            rate,
+            faults: faults.to_vec(),
+            ..Self::none()
+        }
+    }
+}
+
+/// Counts of what the proxy did.
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    requests: AtomicU64,
+    forwarded: AtomicU64,
+    injected: Mutex<std::collections::HashMap<Fault, u64>>,
+}
+
+impl FaultStats {
+    /// Requests received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Requests forwarded to the upstream.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+    /// Faults of one kind injected.
+    pub fn injected(&self, fault: Fault) -> u64 {
+        *self.injected.lock().unwrap().get(&fault).unwrap_or(&0)
+    }
+    /// Faults injected in total.
+    pub fn injected_total(&self) -> u64 {
+        self.injected.lock().unwrap().values().sum()
+    }
+}
+
+struct Shared {
+    upstream: String,
+    plan: FaultPlan,
+    rate_ppm: AtomicU32,
+    rng: Mutex<StdRng>,
+    stats: FaultStats,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A fault-injecting HTTP proxy on loopback, running on its own thread until dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `upstream` (for example moto's `http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str, plan: FaultPlan) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("proxy addr");
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            rate_ppm: AtomicU32::new((plan.rate.clamp(0.0, 1.0) * 1e6) as u32),
+            rng: Mutex::new(StdRng::seed_from_u64(plan.seed)),
+            plan,
+            stats: FaultStats::default(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread_shared = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let (stream, _) = tokio::select! {
+                        _ = &mut stop_rx => return,
+                        a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    };
+                    let shared = thread_shared.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| handle(shared.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes the fault rate (0..=1) while running.
+    pub fn set_rate(&self, rate: f64) {
+        self.shared
+            .rate_ppm
+            .store((rate.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> &FaultStats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault proxy")
+    }
+}
+impl std::error::Error for Dropped {}
+
+fn pick_fault(shared: &Shared) -> Option<Fault> {
+    let ppm = shared.rate_ppm.load(Ordering::Relaxed);
+    if ppm == 0 || shared.plan.faults.is_empty() {
+        return None;
+    }
+    let mut rng = shared.rng.lock().unwrap();
+    if rng.random_range(0..1_000_000u32) >= ppm {
+        return None;
+    }
+    let i = rng.random_range(0..shared.plan.faults.len());
+    Some(shared.plan.faults[i])
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    let fault = pick_fault(&shared);
+    if let Some(f) = fault {
+        *shared.stats.injected.lock().unwrap().entry(f).or_default() += 1;
+    }
+    let style = ErrorStyle::of(&parts);
+    match fault {
+        Some(Fault::InternalError) => {
+            return Ok(error_response(
+                style,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+            ));
+        }
+        Some(Fault::SlowDown) => {
+            return Ok(error_response(
+                style,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+            ));
+        }
+        Some(Fault::Throttle) => {
+            let code = if style == ErrorStyle::Json {
+                "ThrottlingException"
+            } else {
+                "Throttling"
+            };
+            return Ok(error_response(style, StatusCode::BAD_REQUEST, code));
+        }
+        Some(Fault::DropBeforeForward) => return Err(Dropped),
+        _ => {}
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{}", shared.upstream, path));
+    for (name, value) in parts.headers.iter() {
+        builder = builder.header(name, value);
+    }
+    let upstream_req = builder
+        .body(Full::new(body.clone()))
+        .map_err(|_| Dropped)?;
+    let resp = shared
+        .client
+        .request(upstream_req)
+        .await
+        .map_err(|_| Dropped)?;
+    shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let (rparts, rbody) = resp.into_parts();
+    let mut rbody = rbody.collect().await.map_err(|_| Dropped)?.to_bytes();
+    if fault == Some(Fault::DropAfterForward) {
+        return Err(Dropped);
+    }
+    let mut rparts = rparts;
+    if rparts.status.is_success() {
+        if let Some(rewrite) = &shared.plan.rewrite {
+            if let Some(new_body) = rewrite(&path, &body, &rbody) {
+                rbody = new_body;
+                rparts.headers.remove(http::header::CONTENT_LENGTH);
+                rparts.headers.remove("x-amz-crc32");
+            }
+        }
+    }
+    Ok(Response::from_parts(rparts, Full::new(rbody)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorStyle {
+    Xml,
+    Json,
+    Cbor,
+}
+
+impl ErrorStyle {
+    fn of(parts: &http::request::Parts) -> Self {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        if header("smithy-protocol").contains("cbor") {
+            ErrorStyle::Cbor
+        } else if header("content-type").contains("amz-json") {
+            ErrorStyle::Json
+        } else {
+            ErrorStyle::Xml
+        }
+    }
+}
+
+fn error_response(style: ErrorStyle, status: StatusCode, code: &str) -> Response<Full<Bytes>> {
+    let builder = Response::builder().status(status);
+    let resp: Result<Response<Full<Bytes>>, http::Error> = match style {
+        ErrorStyle::Xml => builder.header("content-type", "application/xml").body(Full::new(
+            Bytes::from(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the fault proxy</Message><RequestId>fault</RequestId></Error>"
+            )),
+        )),
+        ErrorStyle::Json => builder
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-errortype", code)
+            .body(Full::new(Bytes::from(format!(
+                "{{\"__type\":\"{code}\",\"message\":\"injected by the fault proxy\"}}"
+            )))),
+        // RPCv2 CBOR errors need a CBOR body; the status alone is enough for the SDK's
+        // retry classifier, so send 503 with no body.
+        ErrorStyle::Cbor => Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("smithy-protocol", "rpc-v2-cbor")
+            .body(Full::new(Bytes::new())),
+    };
+    resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn injects_and_counts_faults() {
+        // Upstream: a tiny server that answers 200 "hello".
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let proxy = FaultProxy::start(&format!("http://{up}"), FaultPlan::all(0.5));
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let (mut ok, mut failed) = (0, 0);
+        for _ in 0..200 {
+            let req = Request::get(format!("{}/x", proxy.endpoint()))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            match client.request(req).await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        assert!(ok > 50 && failed > 50, "ok={ok} failed={failed}");
+        assert_eq!(proxy.stats().requests(), 200);
+        assert_eq!(proxy.stats().injected_total(), failed);
+        for f in ALL_FAULTS {
+            assert!(proxy.stats().injected(f) > 0, "{f:?} never injected");
+        }
+        proxy.set_rate(0.0);
+        let req = Request::get(format!("{}/x", proxy.endpoint()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200);
+    }
+}

@@ -1,0 +1,17 @@
+//! Test support shared by every airside crate's integration tests.
+//!
+//! * [`moto`]: one moto server per test process, on a free loopback port,
+//!   started from the project's virtualenv and stopped when the process exits.
+//! * [`FaultProxy`]: an HTTP proxy between a daemon and moto that answers a
+//!   share of requests with 500 InternalError, 503 SlowDown or a throttling
+//!   error, or drops the connection, and counts what it injected so a test can
+//!   prove faults really happened.
+//! * Small helpers: unique resource names, AWS environment for child processes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod fault_proxy;
+mod moto;
+
+pub use fault_proxy::{Fault, FaultPlan, FaultProxy, FaultStats};
+pub use moto::{Moto, moto, unique_name, workspace_root};
