@@ -149,7 +149,9 @@ impl AdminServer {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` is cancelled. Spawn it: `tokio::spawn(server.serve(token))`.

@@ -230,7 +230,9 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorClass {
 }
 
 /// Classifies any SDK error.
-pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(err: &SdkError<E, HttpResponse>) -> ErrorClass {
+pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    err: &SdkError<E, HttpResponse>,
+) -> ErrorClass {
     match err {
         SdkError::ServiceError(ctx) => {
             classify_code(ctx.err().code(), Some(ctx.raw().status().as_u16()))

@@ -12,7 +12,9 @@ use clap::ValueEnum;
 /// Parses a human duration such as `30s`, `5m` or `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration {text:?}: {e} (use a number with a unit, for example 30s, 5m, 250ms)")
+        format!(
+            "invalid duration {text:?}: {e} (use a number with a unit, for example 30s, 5m, 250ms)"
+        )
     })
 }
 

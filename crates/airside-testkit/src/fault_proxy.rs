@@ -276,9 +276,7 @@ async fn handle(
     for (name, value) in parts.headers.iter() {
         builder = builder.header(name, value);
     }
-    let upstream_req = builder
-        .body(Full::new(body.clone()))
-        .map_err(|_| Dropped)?;
+    let upstream_req = builder.body(Full::new(body.clone())).map_err(|_| Dropped)?;
     let resp = shared
         .client
         .request(upstream_req)

@@ -6,12 +6,16 @@
 //!   share of requests with 500 InternalError, 503 SlowDown or a throttling
 //!   error, or drops the connection, and counts what it injected so a test can
 //!   prove faults really happened.
+//! * [`EmptyRoot`]: a chroot holding only a static binary, `/etc/hosts` and
+//!   `/etc/resolv.conf`, to prove the binaries run in a FROM-scratch image.
 //! * Small helpers: unique resource names, AWS environment for child processes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod empty_root;
 mod fault_proxy;
 mod moto;
 
+pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
 pub use fault_proxy::{Fault, FaultPlan, FaultProxy, FaultStats};
 pub use moto::{Moto, moto, unique_name, workspace_root};
