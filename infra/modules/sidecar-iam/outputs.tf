@@ -1,0 +1,23 @@
+output "dagsync_policy_arn" {
+  description = "ARN of the dagsync policy; attach it to every task role whose task runs dagsync."
+  value       = aws_iam_policy.dagsync.arn
+}
+
+output "logship_policy_arn" {
+  description = "ARN of the logship policy; attach it to the task roles of the scheduler and worker tasks."
+  value       = aws_iam_policy.logship.arn
+}
+
+output "metricship_policy_arn" {
+  description = "ARN of the metricship policy; attach it to the scheduler's task role."
+  value       = aws_iam_policy.metricship.arn
+}
+
+output "policy_documents" {
+  description = "The rendered policy documents (JSON), by sidecar, for review."
+  value = {
+    dagsync    = data.aws_iam_policy_document.dagsync.json
+    logship    = data.aws_iam_policy_document.logship.json
+    metricship = data.aws_iam_policy_document.metricship.json
+  }
+}

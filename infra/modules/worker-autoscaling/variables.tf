@@ -1,0 +1,74 @@
+variable "cluster_name" {
+  type        = string
+  description = "ECS cluster of the worker service. Container Insights must be on: the alarms compare metricship's DesiredWorkers with the service's DesiredTaskCount."
+}
+
+variable "service_name" {
+  type        = string
+  description = "Name of the Celery worker ECS service."
+}
+
+variable "min_capacity" {
+  type        = number
+  description = "Fewest worker tasks; 0 lets the workers scale to zero when there is no work."
+  default     = 0
+}
+
+variable "max_capacity" {
+  type        = number
+  description = "Most worker tasks (keep equal to metricship's --max-workers)."
+  default     = 10
+
+  validation {
+    condition     = var.max_capacity >= 1 && var.max_capacity <= 100
+    error_message = "max_capacity must be between 1 and 100."
+  }
+}
+
+variable "namespace" {
+  type        = string
+  description = "CloudWatch namespace metricship publishes in."
+  default     = "Airflow"
+}
+
+variable "metric_dimensions" {
+  type        = map(string)
+  description = "Dimensions metricship publishes DesiredWorkers with (its --dimension flags), e.g. { Environment = \"prod\" }. Aggregate over the environment, never per task."
+  default     = {}
+}
+
+variable "scale_out_evaluation_periods" {
+  type        = number
+  description = "Consecutive 60 s periods with more desired than running workers before scaling out."
+  default     = 2
+}
+
+variable "scale_in_evaluation_periods" {
+  type        = number
+  description = "Consecutive scale_in_period periods with more workers than desired before removing one."
+  default     = 5
+}
+
+variable "scale_in_period" {
+  type        = number
+  description = "Length in seconds of one scale-in evaluation period (a multiple of 60)."
+  default     = 300
+}
+
+variable "scale_out_cooldown" {
+  type        = number
+  description = "Seconds after a scale-out before the next scale-out counts capacity afresh (tasks take about a minute to start)."
+  default     = 120
+}
+
+variable "scale_in_cooldown" {
+  type        = number
+  description = "Seconds after a scale-in before the next scale-in."
+  default     = 300
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every resource."
+  default     = {}
+}
