@@ -29,6 +29,9 @@ pub enum Fault {
     /// Forward the request, then close the connection instead of returning the answer:
     /// the request took effect but the client cannot know.
     DropAfterForward,
+    /// HTTP 403 AccessDenied (not part of [`FaultPlan::all`]: it is not a transient fault;
+    /// use [`FaultPlan::only`] to test how a daemon handles bad credentials).
+    AccessDenied,
 }
 
 const ALL_FAULTS: [Fault; 5] = [
@@ -261,6 +264,14 @@ async fn handle(
                 "Throttling"
             };
             return Ok(error_response(style, StatusCode::BAD_REQUEST, code));
+        }
+        Some(Fault::AccessDenied) => {
+            let code = if style == ErrorStyle::Json {
+                "AccessDeniedException"
+            } else {
+                "AccessDenied"
+            };
+            return Ok(error_response(style, StatusCode::FORBIDDEN, code));
         }
         Some(Fault::DropBeforeForward) => return Err(Dropped),
         _ => {}

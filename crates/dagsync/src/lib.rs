@@ -1,0 +1,360 @@
+//! dagsync keeps an Airflow DAG folder (the shared EFS mount) in step with an S3 prefix.
+//!
+//! It replaces a shell loop around `aws s3 sync`. A cycle flows one way through
+//! the modules: [`source`] lists the prefix (every page) → [`plan`] decides what
+//! changed from the listing, the persisted [`state`] and local `stat`s (no request
+//! per object), and which deletions are safe → [`source`] fetches changed objects
+//! into the per-process [`staging`] folder, verified and fsynced → [`publish`]
+//! renames them into place, deletes, prunes empty folders → [`state`] is saved.
+//! [`cadence`] decides when the next cycle runs; [`keys`] guards against keys
+//! that would land outside the destination.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cadence;
+pub mod config;
+pub mod keys;
+pub mod plan;
+pub mod publish;
+pub mod source;
+pub mod staging;
+pub mod state;
+pub mod syncer;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use airside_core::ExitCode;
+use airside_core::admin::{AdminServer, Readiness};
+use airside_core::aws::{self, AwsSettings, ErrorClass};
+use airside_core::backoff::Backoff;
+use airside_core::exit::HasExitCode;
+use airside_core::shutdown::{Shutdown, drain, sleep_or_shutdown};
+
+pub use config::{Cli, Command, Config};
+use source::{Source, SourceSpec};
+use syncer::{CycleError, CycleReport, Syncer};
+
+/// Metric names (the README lists them).
+pub mod telemetry {
+    /// Cycles by result: changed, noop, error.
+    pub const SYNCS: &str = "dagsync_syncs_total";
+    /// Cycle duration histogram.
+    pub const SYNC_DURATION: &str = "dagsync_sync_duration_seconds";
+    /// Objects downloaded.
+    pub const OBJECTS_DOWNLOADED: &str = "dagsync_objects_downloaded_total";
+    /// Bytes downloaded.
+    pub const BYTES_DOWNLOADED: &str = "dagsync_bytes_downloaded_total";
+    /// Files deleted.
+    pub const FILES_DELETED: &str = "dagsync_files_deleted_total";
+    /// Deletions refused by a guard.
+    pub const DELETIONS_REFUSED: &str = "dagsync_deletions_refused_total";
+    /// Unsafe keys skipped (each distinct key counted once per process).
+    pub const INVALID_KEYS: &str = "dagsync_invalid_keys_total";
+    /// Unix time of the last successful cycle.
+    pub const LAST_SUCCESS: &str = "dagsync_last_success_timestamp_seconds";
+    /// Files dagsync currently tracks.
+    pub const FILES_SYNCED: &str = "dagsync_files_synced";
+    /// Failed cycles by error class.
+    pub const ERRORS: &str = "dagsync_errors_total";
+}
+
+/// Consecutive access-denied cycles tolerated before exiting 3, so that a passing
+/// credentials hiccup (role propagation, credential rotation) does not kill the task.
+const ACCESS_DENIED_ATTEMPTS: u32 = 5;
+/// Consecutive transient failures tolerated by --once before exiting 1.
+const ONCE_ATTEMPTS: u32 = 4;
+
+/// Why dagsync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The destination is missing or not writable.
+    #[error("destination: {0}")]
+    Destination(String),
+    /// The source failed in a way retries cannot fix.
+    #[error("source {source_name}: {error}")]
+    Source {
+        /// The --source.
+        source_name: String,
+        /// The failure.
+        error: CycleError,
+    },
+    /// A delete guard refused (with --once).
+    #[error("delete guard: {0}")]
+    Guard(plan::Refusal),
+    /// AWS setup failed.
+    #[error(transparent)]
+    Aws(#[from] aws::AwsSetupError),
+    /// The admin server could not start.
+    #[error(transparent)]
+    Admin(#[from] airside_core::admin::BindError),
+}
+
+impl HasExitCode for Error {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Config(_) | Error::Aws(_) | Error::Admin(_) => ExitCode::Usage,
+            Error::Destination(_) => ExitCode::Destination,
+            Error::Source { error, .. } => match error {
+                CycleError::Destination { .. } => ExitCode::Destination,
+                e => match e.class() {
+                    ErrorClass::AccessDenied => ExitCode::AccessDenied,
+                    ErrorClass::NotFound | ErrorClass::Invalid => ExitCode::Usage,
+                    _ => ExitCode::Other,
+                },
+            },
+            Error::Guard(_) => ExitCode::Guard,
+        }
+    }
+}
+
+/// Checks that the destination exists, is a folder and is writable.
+fn check_destination(dest: &Path) -> Result<(), Error> {
+    let meta = std::fs::metadata(dest).map_err(|e| {
+        Error::Destination(format!(
+            "{} cannot be used ({e}); create it or mount the DAG volume there",
+            dest.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Destination(format!(
+            "{} is not a folder",
+            dest.display()
+        )));
+    }
+    let own = dest.join(keys::OWN_DIR);
+    let probe = own.join(format!(".probe-{}", std::process::id()));
+    std::fs::create_dir_all(&own)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            Error::Destination(format!(
+                "{} is not writable ({e}); dagsync needs write access to the DAG folder",
+                dest.display()
+            ))
+        })
+}
+
+/// Builds the source from the configuration.
+pub async fn connect(spec: &SourceSpec) -> Result<Source, Error> {
+    match spec {
+        SourceSpec::S3 { bucket, prefix } => {
+            let config = aws::load(&AwsSettings::default()).await?;
+            Ok(Source::s3(&config, bucket.clone(), prefix.clone()))
+        }
+        SourceSpec::Local(root) => {
+            if !root.is_dir() {
+                return Err(Error::Config(format!(
+                    "--source {} is not a folder",
+                    root.display()
+                )));
+            }
+            Ok(Source::Local { root: root.clone() })
+        }
+    }
+}
+
+fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
+    tracing::info!(
+        result = if report.changed() { "changed" } else { "noop" },
+        listed = report.listed,
+        downloaded = report.downloaded,
+        bytes = report.bytes,
+        deleted = report.deleted,
+        pruned = report.pruned,
+        unchanged = report.unchanged,
+        invalid = report.invalid,
+        refused = report.refused_count,
+        files = synced,
+        duration_ms = elapsed.as_millis() as u64,
+        "sync cycle"
+    );
+}
+
+/// Runs dagsync until shutdown (or for one cycle with `--once`), with the given source.
+pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Result<(), Error> {
+    check_destination(&config.dest)?;
+    let source_name = config.source.display();
+    let last_success: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let readiness = {
+        let last = last_success.clone();
+        let max_age = config.ready_max_age;
+        Readiness::new("no successful sync yet").with_check(move || {
+            match *last.lock().expect("lock") {
+                Some(t) if t.elapsed() > max_age => Err(format!(
+                    "last successful sync was {}s ago (limit {}s)",
+                    t.elapsed().as_secs(),
+                    max_age.as_secs()
+                )),
+                _ => Ok(()),
+            }
+        })
+    };
+    if !config.once {
+        let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
+        tokio::spawn(admin.serve(shutdown.clone()));
+    } else {
+        airside_core::admin::install_metrics();
+    }
+    let watch_rx = if config.watch {
+        match &config.source {
+            SourceSpec::Local(root) => Some(watch(root)?),
+            SourceSpec::S3 { .. } => None,
+        }
+    } else {
+        None
+    };
+    let mut watch_rx = watch_rx.map(|(w, rx)| (w, rx));
+
+    let once = config.once;
+    let dry_run = config.dry_run;
+    let cadence = config.cadence;
+    let grace = config.shutdown_timeout;
+    let mut syncer = Syncer::new(config, source).map_err(|e| Error::Destination(e.to_string()))?;
+    let progress_task = (once && !dry_run && std::io::stderr().is_terminal()).then(|| {
+        tokio::spawn(syncer::show_progress(
+            syncer.progress.clone(),
+            Instant::now(),
+        ))
+    });
+    let backoff =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).expect("static bounds");
+    let mut failures = 0u32;
+    let mut denied = 0u32;
+    let mut idle = 0u32;
+    tracing::info!(source = %source_name, files = syncer.synced_files(), "dagsync starting");
+
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = {
+            let fut = syncer.cycle();
+            tokio::pin!(fut);
+            tokio::select! {
+                r = &mut fut => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the cycle in flight, but only for so long.
+                    match drain(grace, fut).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stopping mid-cycle; nothing partial was published");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        };
+        let elapsed = started.elapsed();
+        metrics::histogram!(telemetry::SYNC_DURATION).record(elapsed.as_secs_f64());
+        metrics::gauge!(telemetry::FILES_SYNCED).set(syncer.synced_files() as f64);
+        let delay = match result {
+            Ok(report) => {
+                if let Some(plan) = &report.dry_run_plan {
+                    print!("{plan}");
+                    return match report.refused {
+                        Some(r) => Err(Error::Guard(r)),
+                        None => Ok(()),
+                    };
+                }
+                if let Some(t) = &progress_task {
+                    t.abort();
+                    eprintln!();
+                }
+                log_cycle(&report, elapsed, syncer.synced_files());
+                failures = 0;
+                denied = 0;
+                let label = if report.changed() { "changed" } else { "noop" };
+                metrics::counter!(telemetry::SYNCS, "result" => label).increment(1);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                metrics::gauge!(telemetry::LAST_SUCCESS).set(now.as_secs_f64());
+                *last_success.lock().expect("lock") = Some(Instant::now());
+                readiness.set_ready();
+                if once {
+                    return match report.refused {
+                        Some(r) => Err(Error::Guard(r)),
+                        None => Ok(()),
+                    };
+                }
+                idle = if report.changed() {
+                    0
+                } else {
+                    idle.saturating_add(1)
+                };
+                cadence.next_delay(idle, elapsed)
+            }
+            Err(error) => {
+                let class = error.class();
+                metrics::counter!(telemetry::SYNCS, "result" => "error").increment(1);
+                metrics::counter!(telemetry::ERRORS, "class" => class.as_str()).increment(1);
+                tracing::error!(error = %error, class = class.as_str(), duration_ms = elapsed.as_millis() as u64, "sync cycle failed");
+                let fatal = match class {
+                    ErrorClass::NotFound | ErrorClass::Invalid => true,
+                    ErrorClass::AccessDenied => {
+                        denied += 1;
+                        denied >= ACCESS_DENIED_ATTEMPTS
+                    }
+                    _ => {
+                        failures += 1;
+                        once && failures >= ONCE_ATTEMPTS
+                    }
+                };
+                if fatal || (once && matches!(error, CycleError::Destination { .. })) {
+                    return Err(Error::Source { source_name, error });
+                }
+                backoff
+                    .delay(failures.max(denied))
+                    .min(cadence.max_staleness())
+            }
+        };
+        // Sleep until the next cycle, a shutdown, or (with --watch) a change in the source.
+        match watch_rx.as_mut() {
+            Some((_watcher, rx)) => {
+                tokio::select! {
+                    _ = sleep_or_shutdown(delay, &shutdown) => {}
+                    Some(()) = rx.recv() => {
+                        // Let an editor finish writing (and coalesce bursts of events).
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+            }
+            None => {
+                sleep_or_shutdown(delay, &shutdown).await;
+            }
+        }
+    }
+}
+
+type Watch = (notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>);
+
+fn watch(root: &Path) -> Result<Watch, Error> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already means "sync soon": dropping extra events is fine.
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| Error::Config(format!("--watch: cannot watch {}: {e}", root.display())))?;
+    watcher
+        .watch(root, notify::RecursiveMode::Recursive)
+        .map_err(|e| Error::Config(format!("--watch: cannot watch {}: {e}", root.display())))?;
+    Ok((watcher, rx))
+}
+
+/// Runs dagsync until shutdown (or for one cycle with `--once`).
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    check_destination(&config.dest)?;
+    let source = connect(&config.source).await?;
+    run_with(config, source, shutdown).await
+}

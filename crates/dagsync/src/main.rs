@@ -1,0 +1,33 @@
+//! The dagsync binary: parse, build, run.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use dagsync::{Cli, Command, Config};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cli.log.init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Some(Command::Healthcheck { admin_addr }) = cli.command {
+        let code = runtime.block_on(airside_core::healthcheck::probe(
+            admin_addr,
+            std::time::Duration::from_secs(3),
+        ));
+        return code.into();
+    }
+    let config = match Config::from_args(cli.sync) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dagsync: {e}");
+            return airside_core::ExitCode::Usage.into();
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = airside_core::shutdown::on_signals();
+        airside_core::exit::finish(dagsync::run(config, shutdown).await)
+    })
+}

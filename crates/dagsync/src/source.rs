@@ -1,0 +1,439 @@
+//! Where DAGs come from: an S3 prefix, or a local folder for debugging.
+//!
+//! Both answer the same two questions: what is there ([`Source::list`], one
+//! ListObjectsV2 pass over every page) and give me this exact version of one
+//! object ([`Source::fetch`], streamed into a staging file, verified, fsynced).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airside_core::aws::{self, ErrorClass};
+use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteObject {
+    /// The key relative to the prefix (what maps to a path under --dest).
+    pub rel_key: String,
+    /// The ETag without quotes (for a local source: size and mtime).
+    pub etag: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time; published files get it as their mtime, so several
+    /// dagsync processes sharing one folder agree on what a correct file looks like.
+    pub last_modified: SystemTime,
+}
+
+/// Parsed `--source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// `s3://bucket/prefix/` (the prefix always ends in `/`, or is empty).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix, empty or ending in `/`.
+        prefix: String,
+    },
+    /// A local directory (`/path` or `file:///path`).
+    Local(PathBuf),
+}
+
+impl SourceSpec {
+    /// Parses `s3://BUCKET/PREFIX/`, `file://DIR` or a path.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!(
+                    "--source {text:?} has no bucket name (use s3://BUCKET/PREFIX/)"
+                ));
+            }
+            let mut prefix = prefix.to_string();
+            // "dev" must not match "dev2/…": a prefix is a folder.
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            return Ok(SourceSpec::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        if text.contains("://") && !text.starts_with("file://") {
+            return Err(format!(
+                "--source {text:?}: only s3://BUCKET/PREFIX/, file://DIR or a local path are supported"
+            ));
+        }
+        let path = text.strip_prefix("file://").unwrap_or(text);
+        if path.is_empty() {
+            return Err("--source is empty".into());
+        }
+        Ok(SourceSpec::Local(PathBuf::from(path)))
+    }
+
+    /// For logs.
+    pub fn display(&self) -> String {
+        match self {
+            SourceSpec::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            SourceSpec::Local(p) => format!("file://{}", p.display()),
+        }
+    }
+}
+
+/// A failure to list or fetch.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The service answered with an error or could not be reached.
+    #[error("{operation} failed ({}): {message}", class.as_str())]
+    Service {
+        /// The S3 operation.
+        operation: &'static str,
+        /// What kind of failure.
+        class: ErrorClass,
+        /// The service's code and message, or the transport error.
+        message: String,
+    },
+    /// The object changed between listing and fetching (If-Match failed).
+    #[error("{key} changed after it was listed; it will be fetched in the next cycle")]
+    Changed {
+        /// The relative key.
+        key: String,
+    },
+    /// The bytes received are not the listed object.
+    #[error("{key}: received data does not match the listing: {detail}")]
+    Integrity {
+        /// The relative key.
+        key: String,
+        /// What did not match.
+        detail: String,
+    },
+    /// A local file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SourceError {
+    /// The class used for retry decisions and exit codes.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Service { class, .. } => *class,
+            SourceError::Changed { .. } | SourceError::Integrity { .. } => ErrorClass::Transient,
+            SourceError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => ErrorClass::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorClass::AccessDenied,
+                _ => ErrorClass::Transient,
+            },
+        }
+    }
+
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A connected source.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// An S3 prefix.
+    S3 {
+        /// The client.
+        client: aws_sdk_s3::Client,
+        /// Bucket name.
+        bucket: String,
+        /// Prefix, empty or ending in `/`.
+        prefix: String,
+    },
+    /// A local folder.
+    Local {
+        /// The folder.
+        root: PathBuf,
+    },
+}
+
+impl Source {
+    /// Builds an S3 source from an SDK config (path-style when a custom endpoint is set).
+    pub fn s3(config: &aws_config::SdkConfig, bucket: String, prefix: String) -> Self {
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(aws::use_path_style(config))
+            .build();
+        Source::S3 {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            bucket,
+            prefix,
+        }
+    }
+
+    /// Lists every object under the source, following every page. A failure on any page
+    /// fails the whole listing: an incomplete listing must never drive deletions.
+    pub async fn list(&self) -> Result<Vec<RemoteObject>, SourceError> {
+        match self {
+            Source::S3 {
+                client,
+                bucket,
+                prefix,
+            } => list_s3(client, bucket, prefix).await,
+            Source::Local { root } => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || list_local(&root))
+                    .await
+                    .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))?
+            }
+        }
+    }
+
+    /// Fetches exactly the listed version of `obj` into `to` (a new file), verifies its size
+    /// (and MD5 where the ETag is one), sets its mtime and fsyncs it. Returns the bytes written.
+    pub async fn fetch(&self, obj: &RemoteObject, to: &Path) -> Result<u64, SourceError> {
+        let written = match self {
+            Source::S3 {
+                client,
+                bucket,
+                prefix,
+            } => fetch_s3(client, bucket, prefix, obj, to).await?,
+            Source::Local { root } => {
+                let from = crate::keys::dest_path(root, &obj.rel_key);
+                let meta = tokio::fs::metadata(&from)
+                    .await
+                    .map_err(|e| SourceError::io(&from, e))?;
+                if local_etag(&meta) != obj.etag {
+                    return Err(SourceError::Changed {
+                        key: obj.rel_key.clone(),
+                    });
+                }
+                tokio::fs::copy(&from, to)
+                    .await
+                    .map_err(|e| SourceError::io(&from, e))?
+            }
+        };
+        if written != obj.size {
+            return Err(SourceError::Integrity {
+                key: obj.rel_key.clone(),
+                detail: format!("expected {} bytes, got {written}", obj.size),
+            });
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(to)
+            .map_err(|e| SourceError::io(to, e))?;
+        file.set_modified(obj.last_modified)
+            .map_err(|e| SourceError::io(to, e))?;
+        file.sync_all().map_err(|e| SourceError::io(to, e))?;
+        Ok(written)
+    }
+}
+
+fn service_error<E>(
+    operation: &'static str,
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> SourceError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    SourceError::Service {
+        operation,
+        class: aws::classify(err),
+        message: aws::describe(err),
+    }
+}
+
+async fn list_s3(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<RemoteObject>, SourceError> {
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| service_error("ListObjectsV2", &e))?;
+        for o in page.contents() {
+            let Some(key) = o.key() else { continue };
+            let Some(rel) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            out.push(RemoteObject {
+                rel_key: rel.to_string(),
+                etag: o.e_tag().unwrap_or_default().trim_matches('"').to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                last_modified: o.last_modified().map_or(UNIX_EPOCH, to_system_time),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn to_system_time(dt: &aws_smithy_types::DateTime) -> SystemTime {
+    let secs = dt.secs();
+    if secs < 0 {
+        return UNIX_EPOCH;
+    }
+    UNIX_EPOCH + Duration::new(secs as u64, dt.subsec_nanos())
+}
+
+/// An S3 ETag is the hex MD5 of the content for single-part, unencrypted (or SSE-S3) uploads.
+fn etag_is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn fetch_s3(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    obj: &RemoteObject,
+    to: &Path,
+) -> Result<u64, SourceError> {
+    let key = format!("{prefix}{}", obj.rel_key);
+    let resp = client
+        .get_object()
+        .bucket(bucket)
+        .key(&key)
+        // Exactly the listed version: a concurrent upload must not slip in unverified.
+        .if_match(format!("\"{}\"", obj.etag))
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            if status == Some(412) {
+                return Err(SourceError::Changed {
+                    key: obj.rel_key.clone(),
+                });
+            }
+            return Err(service_error("GetObject", &e));
+        }
+    };
+    let mut body = resp.body;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .await
+        .map_err(|e| SourceError::io(to, e))?;
+    let check_md5 = etag_is_md5(&obj.etag);
+    let mut md5 = Md5::new();
+    let mut written = 0u64;
+    loop {
+        let chunk = body.try_next().await.map_err(|e| SourceError::Service {
+            operation: "GetObject",
+            class: ErrorClass::Transient,
+            message: format!("reading the body of {key}: {e}"),
+        })?;
+        let Some(chunk) = chunk else { break };
+        if check_md5 {
+            md5.update(&chunk);
+        }
+        written += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| SourceError::io(to, e))?;
+    }
+    file.flush().await.map_err(|e| SourceError::io(to, e))?;
+    drop(file);
+    if check_md5 {
+        let got = format!("{:x}", md5.finalize());
+        if !got.eq_ignore_ascii_case(&obj.etag) {
+            return Err(SourceError::Integrity {
+                key: obj.rel_key.clone(),
+                detail: format!("MD5 {got} differs from ETag {}", obj.etag),
+            });
+        }
+    }
+    Ok(written)
+}
+
+fn mtime_nanos(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// A local file's identity: size and mtime (a local source has no ETag).
+fn local_etag(meta: &std::fs::Metadata) -> String {
+    format!("local-{:x}-{:x}", meta.len(), mtime_nanos(meta))
+}
+
+fn list_local(root: &Path) -> Result<Vec<RemoteObject>, SourceError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| SourceError::io(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SourceError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let rel_key = format!("{rel}{name}");
+            // Follow symlinks as a user editing DAGs would expect.
+            let meta =
+                std::fs::metadata(entry.path()).map_err(|e| SourceError::io(&entry.path(), e))?;
+            if meta.is_dir() {
+                if rel.is_empty() && name == crate::keys::OWN_DIR {
+                    continue;
+                }
+                stack.push((entry.path(), format!("{rel_key}/")));
+            } else if meta.is_file() {
+                out.push(RemoteObject {
+                    etag: local_etag(&meta),
+                    size: meta.len(),
+                    last_modified: meta.modified().unwrap_or(UNIX_EPOCH),
+                    rel_key,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel_key.cmp(&b.rel_key));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(
+            SourceSpec::parse("s3://b/dev").unwrap(),
+            SourceSpec::S3 {
+                bucket: "b".into(),
+                prefix: "dev/".into()
+            }
+        );
+        assert_eq!(
+            SourceSpec::parse("s3://b").unwrap(),
+            SourceSpec::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            SourceSpec::parse("file:///tmp/x").unwrap(),
+            SourceSpec::Local("/tmp/x".into())
+        );
+        assert_eq!(
+            SourceSpec::parse("./dags").unwrap(),
+            SourceSpec::Local("./dags".into())
+        );
+        assert!(SourceSpec::parse("s3:///x").is_err());
+        assert!(SourceSpec::parse("gs://b/x").is_err());
+    }
+
+    #[test]
+    fn md5_etags_are_recognised() {
+        assert!(etag_is_md5("d41d8cd98f00b204e9800998ecf8427e"));
+        assert!(!etag_is_md5("d41d8cd98f00b204e9800998ecf8427e-2"));
+        assert!(!etag_is_md5("local-1-2"));
+    }
+}

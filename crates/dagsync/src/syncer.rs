@@ -1,0 +1,364 @@
+//! One sync cycle: list → plan → fetch into staging → publish → save state.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use airside_core::aws::ErrorClass;
+use futures::StreamExt;
+
+use crate::config::Config;
+use crate::plan::{Plan, Refusal, plan, stat_local};
+use crate::publish::{Staged, publish};
+use crate::source::{RemoteObject, Source, SourceError};
+use crate::staging::Staging;
+use crate::state::{Entry, State, nanos};
+use crate::telemetry as m;
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleReport {
+    /// Objects listed (including markers and invalid keys).
+    pub listed: usize,
+    /// Files downloaded and published.
+    pub downloaded: usize,
+    /// Bytes downloaded this cycle.
+    pub bytes: u64,
+    /// Files deleted.
+    pub deleted: usize,
+    /// Empty folders removed.
+    pub pruned: usize,
+    /// Files already in place.
+    pub unchanged: usize,
+    /// Keys skipped as unsafe.
+    pub invalid: usize,
+    /// Why deletions were refused, if they were.
+    pub refused: Option<Refusal>,
+    /// Deletions refused.
+    pub refused_count: usize,
+    /// The plan, rendered, for --dry-run.
+    pub dry_run_plan: Option<String>,
+}
+
+impl CycleReport {
+    /// Whether anything changed on disk.
+    pub fn changed(&self) -> bool {
+        self.downloaded > 0 || self.deleted > 0
+    }
+}
+
+/// Why a cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// Listing or fetching failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Several fetches failed; the first is shown. Nothing was published.
+    #[error("{failed} of {total} downloads failed, nothing published this cycle; first: {first}")]
+    Fetch {
+        /// Failed downloads.
+        failed: usize,
+        /// Downloads attempted.
+        total: usize,
+        /// The first failure.
+        first: SourceError,
+    },
+    /// Writing the destination failed.
+    #[error("destination {}: {detail}", path.display())]
+    Destination {
+        /// The path involved.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl CycleError {
+    /// The class for retry decisions.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CycleError::Source(e) => e.class(),
+            CycleError::Fetch { first, .. } => match first.class() {
+                // One object missing or changed between list and get is a race, not a config error.
+                ErrorClass::NotFound => ErrorClass::Transient,
+                c => c,
+            },
+            CycleError::Destination { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+/// The long-lived sync engine.
+pub struct Syncer {
+    config: Config,
+    source: Source,
+    staging: Staging,
+    state: State,
+    state_path: PathBuf,
+    /// Verified downloads kept across a failed cycle, keyed by (path, etag), so a retry
+    /// downloads only what is still missing.
+    staged: HashMap<(String, String), Staged>,
+    seen_invalid: HashSet<String>,
+    /// Progress counters for the terminal.
+    pub progress: Arc<Progress>,
+}
+
+/// Download progress, for a terminal progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Files to fetch this cycle.
+    pub total: AtomicU64,
+    /// Files fetched so far.
+    pub done: AtomicU64,
+    /// Bytes fetched so far.
+    pub bytes: AtomicU64,
+}
+
+impl Syncer {
+    /// Prepares the staging folder and loads the state. Destination problems come back as
+    /// [`CycleError::Destination`].
+    pub fn new(config: Config, source: Source) -> Result<Self, CycleError> {
+        let dest_err = |path: &Path, e: &dyn std::fmt::Display| CycleError::Destination {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let staging = Staging::create(&config.dest).map_err(|e| dest_err(&config.dest, &e))?;
+        let swept = staging.sweep_abandoned();
+        if swept > 0 {
+            tracing::info!(
+                folders = swept,
+                "removed staging folders left by stopped processes"
+            );
+        }
+        let state_path = config.dest.join(crate::keys::OWN_DIR).join("state.json");
+        let state = State::load(&state_path).map_err(|e| dest_err(&state_path, &e))?;
+        Ok(Self {
+            config,
+            source,
+            staging,
+            state,
+            state_path,
+            staged: HashMap::new(),
+            seen_invalid: HashSet::new(),
+            progress: Arc::new(Progress::default()),
+        })
+    }
+
+    /// Files currently tracked.
+    pub fn synced_files(&self) -> usize {
+        self.state.files.len()
+    }
+
+    /// Runs one cycle.
+    pub async fn cycle(&mut self) -> Result<CycleReport, CycleError> {
+        let listing = self.source.list().await?;
+        let mut report = CycleReport {
+            listed: listing.len(),
+            ..Default::default()
+        };
+        let the_plan = {
+            let dest = self.config.dest.clone();
+            let state = self.state.clone();
+            let exclude = self.config.exclude.clone();
+            let limit = self.config.max_delete;
+            let listing = listing.clone();
+            // Local stats can be slow on EFS: keep them off the async workers.
+            tokio::task::spawn_blocking(move || {
+                plan(&listing, &state, &exclude, limit, |p| {
+                    stat_local(&crate::keys::dest_path(&dest, p))
+                })
+            })
+            .await
+            .expect("planning does not panic")
+        };
+        report.unchanged = the_plan.unchanged;
+        report.invalid = the_plan.invalid.len();
+        report.refused = the_plan.refused.clone();
+        report.refused_count = the_plan.refused_paths.len();
+        for (key, why) in &the_plan.invalid {
+            if self.seen_invalid.insert(key.clone()) {
+                tracing::warn!(key = %key, reason = %why, "skipping key: it cannot be written safely under --dest");
+                metrics::counter!(m::INVALID_KEYS).increment(1);
+            }
+        }
+        if self.config.dry_run {
+            report.dry_run_plan = Some(the_plan.render());
+            return Ok(report);
+        }
+        if let Some(r) = &the_plan.refused {
+            tracing::error!(refused = the_plan.refused_paths.len(), reason = %r, "deletions refused");
+            metrics::counter!(m::DELETIONS_REFUSED).increment(the_plan.refused_paths.len() as u64);
+        }
+        let (fetched, bytes) = self.fetch_all(&the_plan).await?;
+        report.downloaded = fetched.len();
+        report.bytes = bytes;
+        self.publish_batch(fetched, &the_plan, &mut report).await?;
+        let swept = self.staging.sweep_abandoned();
+        if swept > 0 {
+            tracing::info!(
+                folders = swept,
+                "removed staging folders left by stopped processes"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn fetch_all(&mut self, the_plan: &Plan) -> Result<(Vec<Staged>, u64), CycleError> {
+        let wanted: HashSet<(String, String)> = the_plan
+            .fetch
+            .iter()
+            .map(|(p, o, _)| (p.clone(), o.etag.clone()))
+            .collect();
+        // Drop staged files the plan no longer wants (the object changed again, or left).
+        let stale: Vec<_> = self
+            .staged
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(s) = self.staged.remove(&k) {
+                self.staging.discard(&s.staged);
+            }
+        }
+        let todo: Vec<(String, RemoteObject)> = the_plan
+            .fetch
+            .iter()
+            .filter(|(p, o, _)| !self.staged.contains_key(&(p.clone(), o.etag.clone())))
+            .map(|(p, o, _)| (p.clone(), o.clone()))
+            .collect();
+        let progress = self.progress.clone();
+        progress.total.store(todo.len() as u64, Ordering::Relaxed);
+        progress.done.store(0, Ordering::Relaxed);
+        progress.bytes.store(0, Ordering::Relaxed);
+        let total = todo.len();
+        let source = &self.source;
+        let staging = &self.staging;
+        let mut results = futures::stream::iter(todo.into_iter().map(|(path, obj)| {
+            let to = staging.new_path();
+            let progress = progress.clone();
+            async move {
+                let r = source.fetch(&obj, &to).await;
+                if r.is_err() {
+                    staging.discard(&to);
+                } else {
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes.fetch_add(obj.size, Ordering::Relaxed);
+                }
+                (path, obj, to, r)
+            }
+        }))
+        .buffer_unordered(self.config.concurrency);
+        let mut failures = Vec::new();
+        let mut bytes = 0u64;
+        let mut done = Vec::new();
+        while let Some((path, obj, to, r)) = results.next().await {
+            match r {
+                Ok(n) => {
+                    bytes += n;
+                    metrics::counter!(m::OBJECTS_DOWNLOADED).increment(1);
+                    metrics::counter!(m::BYTES_DOWNLOADED).increment(n);
+                    done.push(Staged {
+                        path,
+                        staged: to,
+                        entry: Entry {
+                            etag: obj.etag.clone(),
+                            size: obj.size,
+                            mtime_ns: nanos(obj.last_modified),
+                        },
+                    });
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        drop(results);
+        for s in done {
+            self.staged
+                .insert((s.path.clone(), s.entry.etag.clone()), s);
+        }
+        if !failures.is_empty() {
+            let failed = failures.len();
+            let first = failures.swap_remove(0);
+            return Err(CycleError::Fetch {
+                failed,
+                total,
+                first,
+            });
+        }
+        // Every wanted object is staged now: hand the batch over in plan order.
+        let batch = the_plan
+            .fetch
+            .iter()
+            .filter_map(|(p, o, _)| self.staged.remove(&(p.clone(), o.etag.clone())))
+            .collect();
+        Ok((batch, bytes))
+    }
+
+    async fn publish_batch(
+        &mut self,
+        batch: Vec<Staged>,
+        the_plan: &Plan,
+        report: &mut CycleReport,
+    ) -> Result<(), CycleError> {
+        let changed =
+            !batch.is_empty() || !the_plan.delete.is_empty() || !the_plan.forget.is_empty();
+        if !changed {
+            return Ok(());
+        }
+        let dest = self.config.dest.clone();
+        let delete = the_plan.delete.clone();
+        let mut state = std::mem::take(&mut self.state);
+        let (state, published) = tokio::task::spawn_blocking(move || {
+            let out = publish(&dest, batch, &delete, &mut state);
+            (state, out)
+        })
+        .await
+        .expect("publishing does not panic");
+        self.state = state;
+        for path in &the_plan.forget {
+            self.state.files.remove(path);
+        }
+        report.deleted = published.deleted;
+        report.pruned = published.pruned;
+        metrics::counter!(m::FILES_DELETED).increment(published.deleted as u64);
+        let tmp = self.staging.dir().join("state.json.tmp");
+        let save = self.state.save(&self.state_path, &tmp);
+        if let Some((path, why)) = published.failed.first() {
+            return Err(CycleError::Destination {
+                path: crate::keys::dest_path(&self.config.dest, path),
+                detail: format!(
+                    "{why} ({} files could not be published or deleted)",
+                    published.failed.len()
+                ),
+            });
+        }
+        save.map_err(|e| CycleError::Destination {
+            path: self.state_path.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Sleeps `d`, returning early (true) if shutdown or a watch event arrives.
+pub async fn wait(d: Duration, shutdown: &airside_core::shutdown::Shutdown) -> bool {
+    airside_core::shutdown::sleep_or_shutdown(d, shutdown).await
+}
+
+/// Prints a one-line progress indicator to a terminal until `stop` is set.
+pub async fn show_progress(progress: Arc<Progress>, started: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let total = progress.total.load(Ordering::Relaxed);
+        if total == 0 {
+            continue;
+        }
+        let done = progress.done.load(Ordering::Relaxed);
+        let mib = progress.bytes.load(Ordering::Relaxed) as f64 / 1048576.0;
+        eprint!(
+            "\r  downloading {done}/{total} files, {mib:.1} MiB, {:.0}s ",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
