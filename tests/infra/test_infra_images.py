@@ -1,0 +1,121 @@
+"""docker/*.Dockerfile: multi-stage builds whose final stage is FROM scratch with only
+the static binary, a CA bundle and a numeric non-root user. No container engine runs on
+this machine, so the Dockerfiles are checked as text here, checkov checks them too
+(test_infra_checkov.py), and the binaries themselves are run from an empty root by the
+daemons' own tests."""
+import json
+import re
+
+import pytest
+
+from infra_lib import DOCKER, ROOT, SIDECARS, TASKS, containers, env_of, taskdef
+
+
+def instructions(path):
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for line in path.read_text().splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        buf += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            word, _, rest = buf.partition(" ")
+            out.append((word.upper(), rest.strip()))
+            buf = ""
+    return out
+
+
+def stages(path):
+    result, current = [], None
+    for word, rest in instructions(path):
+        if word == "FROM":
+            current = {"from": rest, "steps": []}
+            result.append(current)
+        elif current is not None:
+            current["steps"].append((word, rest))
+    return result
+
+
+def test_one_dockerfile_per_daemon():
+    assert sorted(p.name for p in DOCKER.glob("*.Dockerfile")) == sorted(f"{d}.Dockerfile" for d in SIDECARS)
+
+
+@pytest.mark.parametrize("daemon", SIDECARS)
+def test_build_stage_runs_build_static(daemon):
+    build, *_ = stages(DOCKER / f"{daemon}.Dockerfile")
+    assert re.fullmatch(r"--platform=linux/amd64 rust:\d+\.\d+-slim-\w+ AS build", build["from"])
+    runs = [rest for word, rest in build["steps"] if word == "RUN"]
+    assert any(rest.endswith(f"DAEMONS={daemon} scripts/build-static") for rest in runs)
+    copies = [rest for word, rest in build["steps"] if word == "COPY"]
+    assert "scripts/build-static scripts/build-static" in copies
+    # The toolchain pinned in the image is at least the workspace's rust-version.
+    want = re.search(r'rust-version = "(\d+)\.(\d+)"', (ROOT / "Cargo.toml").read_text()).groups()
+    have = re.search(r"rust:(\d+)\.(\d+)", build["from"]).groups()
+    assert tuple(map(int, have)) >= tuple(map(int, want))
+
+
+def test_build_static_is_the_static_glibc_build():
+    script = (ROOT / "scripts" / "build-static").read_text()
+    assert "target=x86_64-unknown-linux-gnu" in script
+    assert "+crt-static" in script and "--locked" in script
+
+
+@pytest.mark.parametrize("daemon", SIDECARS)
+def test_final_stage_is_scratch_with_binary_ca_bundle_and_numeric_user(daemon):
+    final = stages(DOCKER / f"{daemon}.Dockerfile")[-1]
+    assert final["from"] == "scratch"
+    steps = final["steps"]
+    words = [w for w, _ in steps]
+    assert "RUN" not in words, "a scratch image has nothing to run"
+    copies = [rest for w, rest in steps if w == "COPY"]
+    assert "--from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt" in copies
+    assert f"--from=build /src/dist/{daemon} /usr/local/bin/{daemon}" in copies
+    for rest in copies:
+        assert rest.startswith("--from=build "), "only artefacts of the build stage"
+    extra = [c for c in copies if "ca-certificates" not in c and f"/src/dist/{daemon}" not in c]
+    if daemon == "logship":
+        # Empty directories for the volumes, owned by their writers.
+        assert extra == [
+            "--from=build --chown=65532:65532 --chmod=0700 /rootfs/state/ /var/lib/",
+            "--from=build --chown=${AIRFLOW_UID}:0 --chmod=0775 /rootfs/airflow/ /opt/airflow/",
+        ]
+    else:
+        assert extra == []
+    (user,) = [rest for w, rest in steps if w == "USER"]
+    uid, gid = user.split(":")
+    assert uid.isdigit() and gid.isdigit() and int(uid) != 0
+    assert words.index("USER") > max(i for i, w in enumerate(words) if w == "COPY")
+    (entrypoint,) = [rest for w, rest in steps if w == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == [f"/usr/local/bin/{daemon}"], "exec form: there is no shell"
+    (health,) = [rest for w, rest in steps if w == "HEALTHCHECK"]
+    assert json.loads(health[health.index("CMD") + 3 :]) == [f"/usr/local/bin/{daemon}", "healthcheck"]
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_taskdefs_match_the_images(kind):
+    """The task definitions' user, health check and volume paths are the images'."""
+    for name, c in containers(taskdef(kind)).items():
+        if name not in SIDECARS:
+            continue
+        final = stages(DOCKER / f"{name}.Dockerfile")[-1]
+        (user,) = [rest for w, rest in final["steps"] if w == "USER"]
+        assert c["user"] == user
+        assert c["healthCheck"]["command"][1] == json.loads(
+            [rest for w, rest in final["steps"] if w == "ENTRYPOINT"][0]
+        )[0]
+        if name == "logship":
+            (volume,) = [rest for w, rest in final["steps"] if w == "VOLUME"]
+            declared = set(json.loads(volume))
+            mounted = {m["containerPath"] for m in c["mountPoints"]}
+            # Fargate copies a VOLUME's directory (and its owner) into the task volume
+            # only when the mount path equals the VOLUME path.
+            assert mounted == declared
+            (env,) = [rest for w, rest in final["steps"] if w == "ENV"]
+            assert env == "LOGSHIP_STATE_DIR=" + env_of(c)["LOGSHIP_STATE_DIR"]
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines
+    for needed in ("!Cargo.toml", "!Cargo.lock", "!crates/", "!scripts/build-static"):
+        assert needed in lines
