@@ -116,11 +116,15 @@ impl Readiness {
     }
 }
 
+/// Renders Prometheus text appended to `/metrics` after the registry's own output.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// A bound admin server, ready to [`AdminServer::serve`].
 pub struct AdminServer {
     listener: TcpListener,
     readiness: Readiness,
     metrics: PrometheusHandle,
+    extra: Option<ExtraMetrics>,
 }
 
 /// The admin address could not be bound.
@@ -144,7 +148,19 @@ impl AdminServer {
             listener,
             readiness,
             metrics: install_metrics(),
+            extra: None,
         })
+    }
+
+    /// Appends the text rendered by `extra` to every `/metrics` answer: for series whose
+    /// names and labels come from outside (metricship's StatsD series), which the `metrics`
+    /// registry cannot expire or bound.
+    pub fn with_extra_metrics(
+        mut self,
+        extra: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.extra = Some(Arc::new(extra));
+        self
     }
 
     /// The address actually bound.
@@ -172,11 +188,13 @@ impl AdminServer {
             };
             let readiness = self.readiness.clone();
             let metrics = self.metrics.clone();
+            let extra = self.extra.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let readiness = readiness.clone();
                     let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(route(req, &readiness, &metrics)) }
+                    let extra = extra.clone();
+                    async move { Ok::<_, Infallible>(route(req, &readiness, &metrics, extra.as_ref())) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -190,6 +208,7 @@ fn route(
     req: Request<Incoming>,
     readiness: &Readiness,
     metrics: &PrometheusHandle,
+    extra: Option<&ExtraMetrics>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
@@ -204,7 +223,11 @@ fn route(
             ),
         },
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, metrics.render());
+            let mut body = metrics.render();
+            if let Some(extra) = extra {
+                body.push_str(&extra());
+            }
+            let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -236,7 +259,8 @@ mod tests {
         let readiness = Readiness::new("warming up");
         let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), readiness.clone())
             .await
-            .unwrap();
+            .unwrap()
+            .with_extra_metrics(|| "extra_series{a=\"b\"} 1\n".to_string());
         let addr = server.local_addr();
         let token = Shutdown::new();
         let task = tokio::spawn(server.serve(token.clone()));
@@ -252,6 +276,7 @@ mod tests {
         let (status, body) = get(addr, "/metrics").await.unwrap();
         assert_eq!(status, 200);
         assert!(body.contains("airside_core_test_total 3"), "{body}");
+        assert!(body.contains("extra_series{a=\"b\"} 1\n"), "{body}");
         assert_eq!(get(addr, "/nope").await.unwrap().0, 404);
 
         token.cancel();

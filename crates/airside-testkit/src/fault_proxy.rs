@@ -47,6 +47,16 @@ const ALL_FAULTS: [Fault; 5] = [
 /// failures.
 pub type ResponseRewrite = Arc<dyn Fn(&str, &Bytes, &Bytes) -> Option<Bytes> + Send + Sync>;
 
+/// How to change the answer to a request whose body an [`ExchangeRewrite`] replaced.
+pub type ResponseFix = Box<dyn FnOnce(&Bytes) -> Bytes + Send>;
+
+/// A hook that may replace a request body before it is forwarded: `(request path+query,
+/// request headers, request body) -> Some((body to forward, fix for the successful answer))`.
+/// Used, for example, to fake a Firehose partial failure honestly: the records reported as
+/// failed are removed from the forwarded request, so the emulator never stores them.
+pub type ExchangeRewrite =
+    Arc<dyn Fn(&str, &http::HeaderMap, &Bytes) -> Option<(Bytes, ResponseFix)> + Send + Sync>;
+
 /// What the proxy injects.
 #[derive(Clone)]
 pub struct FaultPlan {
@@ -123,6 +133,7 @@ struct Shared {
     rng: Mutex<StdRng>,
     stats: FaultStats,
     client: Client<HttpConnector, Full<Bytes>>,
+    exchange: Option<ExchangeRewrite>,
 }
 
 /// A fault-injecting HTTP proxy on loopback, running on its own thread until dropped.
@@ -136,6 +147,16 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (for example moto's `http://127.0.0.1:PORT`).
     pub fn start(upstream: &str, plan: FaultPlan) -> Self {
+        Self::start_inner(upstream, plan, None)
+    }
+
+    /// Like [`FaultProxy::start`], and every forwarded request passes through `exchange`
+    /// (faults from `plan` are injected first; a request answered with a fault never reaches it).
+    pub fn start_with_exchange(upstream: &str, plan: FaultPlan, exchange: ExchangeRewrite) -> Self {
+        Self::start_inner(upstream, plan, Some(exchange))
+    }
+
+    fn start_inner(upstream: &str, plan: FaultPlan, exchange: Option<ExchangeRewrite>) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("proxy addr");
@@ -146,6 +167,7 @@ impl FaultProxy {
             plan,
             stats: FaultStats::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            exchange,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_shared = shared.clone();
@@ -281,13 +303,25 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let mut forward_body = body.clone();
+    let mut fix: Option<ResponseFix> = None;
+    if let Some(exchange) = &shared.exchange
+        && let Some((new_body, f)) = exchange(&path, &parts.headers, &body)
+    {
+        forward_body = new_body;
+        fix = Some(f);
+    }
     let mut builder = Request::builder()
         .method(parts.method.clone())
         .uri(format!("{}{}", shared.upstream, path));
     for (name, value) in parts.headers.iter() {
+        // A replaced body has another length; hyper sets it from the body.
+        if fix.is_some() && name == http::header::CONTENT_LENGTH {
+            continue;
+        }
         builder = builder.header(name, value);
     }
-    let upstream_req = builder.body(Full::new(body.clone())).map_err(|_| Dropped)?;
+    let upstream_req = builder.body(Full::new(forward_body)).map_err(|_| Dropped)?;
     let resp = shared
         .client
         .request(upstream_req)
@@ -300,14 +334,20 @@ async fn handle(
         return Err(Dropped);
     }
     let mut rparts = rparts;
-    if rparts.status.is_success() {
-        if let Some(rewrite) = &shared.plan.rewrite {
-            if let Some(new_body) = rewrite(&path, &body, &rbody) {
-                rbody = new_body;
-                rparts.headers.remove(http::header::CONTENT_LENGTH);
-                rparts.headers.remove("x-amz-crc32");
-            }
-        }
+    if rparts.status.is_success()
+        && let Some(fix) = fix
+    {
+        rbody = fix(&rbody);
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+        rparts.headers.remove("x-amz-crc32");
+    }
+    if rparts.status.is_success()
+        && let Some(rewrite) = &shared.plan.rewrite
+        && let Some(new_body) = rewrite(&path, &body, &rbody)
+    {
+        rbody = new_body;
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+        rparts.headers.remove("x-amz-crc32");
     }
     Ok(Response::from_parts(rparts, Full::new(rbody)))
 }

@@ -1,0 +1,809 @@
+//! The one aggregation both outputs read.
+//!
+//! Each series keeps a cumulative state for Prometheus (counter totals,
+//! histogram buckets, the last gauge value) and an interval state for
+//! CloudWatch (the counter sum, the gauge's last value, the distinct
+//! observation values with their counts) that [`Aggregator::flush`] drains.
+//!
+//! The hot path is [`Aggregator::ingest`]: a line's raw identity (name, type and
+//! tags as sent) is looked up in a cache, so mapping rules and label building run
+//! once per distinct raw name, not once per line. Live series are bounded by
+//! `max_series` (new ones beyond it are dropped and counted) and expire after
+//! `ttl` without samples.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::mapping::{Mapped, Mapper, Target};
+use crate::signal::{Role, SignalInputs, role_of};
+use crate::statsd::{Line, MetricType, ParseError, Sample, lines, parse_line};
+
+/// CloudWatch takes at most 150 distinct values per datum; beyond that a
+/// series is sent as a statistic set.
+pub const MAX_DISTINCT_VALUES: usize = 150;
+
+/// Distinct members kept per set per interval (memory bound against hostile senders).
+pub const MAX_SET_MEMBERS: usize = 10_000;
+
+/// Default Prometheus histogram buckets, in seconds for timers: Airflow's
+/// durations run from milliseconds (scheduler loops) to hours (DAG runs).
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    1800.0, 3600.0, 7200.0,
+];
+
+/// The CloudWatch unit of a datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// No unit (gauges, histograms).
+    None,
+    /// Counts (counters, sets).
+    Count,
+    /// Milliseconds (StatsD `ms` timers).
+    Milliseconds,
+    /// Seconds.
+    Seconds,
+}
+
+impl Unit {
+    /// CloudWatch's name for the unit.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::None => "None",
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+            Unit::Seconds => "Seconds",
+        }
+    }
+}
+
+/// The value of one interval datum.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatumValue {
+    /// One number (counter sum, gauge value, set size, derived metric).
+    Single(f64),
+    /// Distinct values and how often each occurred (at most 150).
+    Values {
+        /// The distinct values.
+        values: Vec<f64>,
+        /// Their counts, same length.
+        counts: Vec<f64>,
+    },
+    /// A statistic set, when there were more than 150 distinct values.
+    Stats {
+        /// Number of samples.
+        count: f64,
+        /// Their sum.
+        sum: f64,
+        /// The smallest.
+        min: f64,
+        /// The largest.
+        max: f64,
+    },
+}
+
+/// One interval value of one series, ready for CloudWatch or EMF.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    /// The metric name.
+    pub name: Arc<str>,
+    /// Dimensions (the series' labels).
+    pub dimensions: Vec<(String, String)>,
+    /// The value.
+    pub value: DatumValue,
+    /// The unit.
+    pub unit: Unit,
+    /// Whether to store at 1-second resolution.
+    pub high_resolution: bool,
+    /// The end of the interval.
+    pub timestamp: SystemTime,
+}
+
+/// Which series go to CloudWatch: glob patterns on the metric name.
+#[derive(Debug, Clone)]
+pub struct Allowlist {
+    set: globset::GlobSet,
+    patterns: Vec<String>,
+}
+
+impl Allowlist {
+    /// Builds an allowlist from globs (`*` matches anything, `?` one character).
+    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in patterns {
+            b.add(
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()?,
+            );
+        }
+        Ok(Self {
+            set: b.build()?,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// Whether the metric goes out.
+    pub fn allows(&self, name: &str) -> bool {
+        self.set.is_match(name)
+    }
+
+    /// The patterns, for logs.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// Counters of what ingest did since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Lines parsed successfully.
+    pub lines: u64,
+    /// Lines rejected by the parser.
+    pub malformed: u64,
+    /// Lines dropped by a mapping rule.
+    pub mapped_drop: u64,
+    /// Lines dropped as ambiguous (a name that needs tags it did not have).
+    pub ambiguous: u64,
+    /// Lines whose type conflicts with the existing series of the same name.
+    pub type_conflict: u64,
+    /// Lines dropped because the series cap was reached.
+    pub over_cap: u64,
+    /// Series created.
+    pub series_created: u64,
+    /// Series refused because of the cap (distinct raw names refused).
+    pub series_refused: u64,
+    /// Series expired after the TTL.
+    pub series_expired: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesId {
+    name: Arc<str>,
+    labels: Box<[(Box<str>, Box<str>)]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Counter,
+    Gauge,
+    Observer,
+    Set,
+}
+
+impl Family {
+    fn of(kind: MetricType) -> Self {
+        match kind {
+            MetricType::Counter => Family::Counter,
+            MetricType::Gauge => Family::Gauge,
+            MetricType::Set => Family::Set,
+            _ => Family::Observer,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Observer {
+    /// `ms` timers: Prometheus in seconds, CloudWatch in milliseconds.
+    millis: bool,
+    buckets: Arc<[f64]>,
+    bucket_counts: Box<[f64]>,
+    sum: f64,
+    count: f64,
+    interval: Interval,
+}
+
+#[derive(Debug, Default)]
+struct Interval {
+    values: Vec<(f64, f64)>,
+    overflow: bool,
+    count: f64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Interval {
+    fn observe(&mut self, v: f64, weight: f64) {
+        if self.count == 0.0 {
+            self.min = v;
+            self.max = v;
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.count += weight;
+        self.sum += v * weight;
+        if self.overflow {
+            return;
+        }
+        if let Some(e) = self.values.iter_mut().find(|(x, _)| *x == v) {
+            e.1 += weight;
+        } else if self.values.len() < MAX_DISTINCT_VALUES {
+            self.values.push((v, weight));
+        } else {
+            self.overflow = true;
+            self.values = Vec::new();
+        }
+    }
+
+    fn take(&mut self) -> Option<DatumValue> {
+        if self.count == 0.0 {
+            return None;
+        }
+        let taken = std::mem::take(self);
+        Some(if taken.overflow {
+            DatumValue::Stats {
+                count: taken.count,
+                sum: taken.sum,
+                min: taken.min,
+                max: taken.max,
+            }
+        } else {
+            let (values, counts) = taken.values.into_iter().unzip();
+            DatumValue::Values { values, counts }
+        })
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Counter {
+        total: f64,
+        interval: f64,
+    },
+    Gauge {
+        value: f64,
+    },
+    Observer(Box<Observer>),
+    Set {
+        members: HashSet<Box<str>>,
+        last: f64,
+    },
+}
+
+#[derive(Debug)]
+struct Series {
+    id: Arc<SeriesId>,
+    help: Option<Arc<str>>,
+    state: State,
+    generation: u32,
+    last_seen: Instant,
+    touched: bool,
+    cloudwatch: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Resolved {
+    Series {
+        slot: u32,
+        generation: u32,
+    },
+    Drop,
+    Ambiguous,
+    Conflict,
+    /// Refused by the cap; valid while no series has expired since.
+    OverCap {
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    resolved: Resolved,
+    role: Option<Role>,
+}
+
+/// Settings of the aggregation.
+#[derive(Debug, Clone)]
+pub struct AggregatorSettings {
+    /// Upper bound of live series.
+    pub max_series: usize,
+    /// Idle series expire after this long.
+    pub ttl: Duration,
+    /// Airflow's statsd_prefix, for the signal inputs.
+    pub prefix: String,
+    /// Series sent to CloudWatch.
+    pub allowlist: Allowlist,
+}
+
+/// One series as the Prometheus exposition sees it: (name, labels, help, value).
+pub(crate) type SeriesView<'a> = (
+    &'a str,
+    &'a [(Box<str>, Box<str>)],
+    Option<&'a str>,
+    PromValue<'a>,
+);
+
+/// A cumulative view of one series for the Prometheus exposition.
+pub(crate) enum PromValue<'a> {
+    Counter(f64),
+    Gauge(f64),
+    Histogram {
+        buckets: &'a [f64],
+        counts: &'a [f64],
+        sum: f64,
+        count: f64,
+    },
+}
+
+/// The aggregation state. Not thread-safe by itself: the daemon keeps it behind a mutex
+/// held by the receiver for one batch of packets at a time.
+pub struct Aggregator {
+    mapper: Arc<Mapper>,
+    settings: AggregatorSettings,
+    cache: HashMap<Box<[u8]>, CacheEntry>,
+    index: HashMap<Arc<SeriesId>, u32>,
+    slots: Vec<Option<Series>>,
+    free: Vec<u32>,
+    live: usize,
+    epoch: u64,
+    names: HashSet<Arc<str>>,
+    key: Vec<u8>,
+    /// Signal inputs, fed in the same pass.
+    pub signal: SignalInputs,
+    /// What ingest did.
+    pub stats: IngestStats,
+}
+
+impl Aggregator {
+    /// A new, empty aggregation.
+    pub fn new(mapper: Arc<Mapper>, settings: AggregatorSettings) -> Self {
+        Self {
+            mapper,
+            settings,
+            cache: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            epoch: 0,
+            names: HashSet::new(),
+            key: Vec::with_capacity(256),
+            signal: SignalInputs::default(),
+            stats: IngestStats::default(),
+        }
+    }
+
+    /// Live series.
+    pub fn live_series(&self) -> usize {
+        self.live
+    }
+
+    /// Ingests one packet (one or more lines). Returns the number of lines seen.
+    pub fn ingest_packet(&mut self, packet: &[u8], now: Instant) -> u64 {
+        let mut n = 0;
+        for raw in lines(packet) {
+            n += 1;
+            if let Err(e) = self.ingest(raw, now) {
+                self.stats.malformed += 1;
+                tracing::trace!(error = %e, line = %String::from_utf8_lossy(raw), "malformed StatsD line");
+            }
+        }
+        n
+    }
+
+    /// Ingests one line.
+    pub fn ingest(&mut self, raw: &[u8], now: Instant) -> Result<(), ParseError> {
+        let line = parse_line(raw)?;
+        self.stats.lines += 1;
+        // The raw identity: name (with Influx tags), type, DogStatsD tags.
+        self.key.clear();
+        self.key.extend_from_slice(line.name.as_bytes());
+        if let Some(t) = line.influx_tags {
+            self.key.push(b',');
+            self.key.extend_from_slice(t.as_bytes());
+        }
+        self.key.push(b'|');
+        self.key.extend_from_slice(line.kind.code().as_bytes());
+        if let Some(t) = line.dog_tags {
+            self.key.push(b'#');
+            self.key.extend_from_slice(t.as_bytes());
+        }
+        let entry = match self.cache.get(self.key.as_slice()) {
+            Some(e) if self.still_valid(&e.resolved) => e.clone(),
+            _ => {
+                let e = self.resolve(&line, now);
+                if self.cache.len() >= self.settings.max_series.saturating_mul(4).max(1024) {
+                    // Bounded like the series: many raw spellings of few series, or an attack.
+                    self.cache.clear();
+                }
+                self.cache
+                    .insert(self.key.clone().into_boxed_slice(), e.clone());
+                e
+            }
+        };
+        if let Some(role) = &entry.role {
+            self.signal.observe(role, line.samples().last(), now);
+        }
+        match entry.resolved {
+            Resolved::Series { slot, .. } => self.apply(slot, &line, now),
+            Resolved::Drop => self.stats.mapped_drop += 1,
+            Resolved::Ambiguous => self.stats.ambiguous += 1,
+            Resolved::Conflict => self.stats.type_conflict += 1,
+            Resolved::OverCap { .. } => self.stats.over_cap += 1,
+        }
+        Ok(())
+    }
+
+    fn still_valid(&self, r: &Resolved) -> bool {
+        match *r {
+            Resolved::Series { slot, generation } => self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.generation == generation),
+            Resolved::OverCap { epoch } => epoch == self.epoch,
+            _ => true,
+        }
+    }
+
+    fn resolve(&mut self, line: &Line<'_>, now: Instant) -> CacheEntry {
+        let role = role_of(&self.settings.prefix, line);
+        let resolved = match self.mapper.map(line) {
+            Mapped::Drop => Resolved::Drop,
+            Mapped::Ambiguous => Resolved::Ambiguous,
+            Mapped::Keep(target) => self.series_for(target, line.kind, now),
+        };
+        CacheEntry { resolved, role }
+    }
+
+    fn series_for(&mut self, target: Target, kind: MetricType, now: Instant) -> Resolved {
+        let name = match self.names.get(target.name.as_str()) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = target.name.as_str().into();
+                self.names.insert(n.clone());
+                n
+            }
+        };
+        let id = SeriesId {
+            name,
+            labels: target
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        };
+        let family = Family::of(kind);
+        if let Some(&slot) = self.index.get(&id) {
+            let s = self.slots[slot as usize]
+                .as_ref()
+                .expect("indexed slot is live");
+            let existing = match s.state {
+                State::Counter { .. } => Family::Counter,
+                State::Gauge { .. } => Family::Gauge,
+                State::Observer(_) => Family::Observer,
+                State::Set { .. } => Family::Set,
+            };
+            return if existing == family {
+                Resolved::Series {
+                    slot,
+                    generation: s.generation,
+                }
+            } else {
+                Resolved::Conflict
+            };
+        }
+        if self.live >= self.settings.max_series {
+            self.stats.series_refused += 1;
+            return Resolved::OverCap { epoch: self.epoch };
+        }
+        let state = match family {
+            Family::Counter => State::Counter {
+                total: 0.0,
+                interval: 0.0,
+            },
+            Family::Gauge => State::Gauge { value: 0.0 },
+            Family::Set => State::Set {
+                members: HashSet::new(),
+                last: 0.0,
+            },
+            Family::Observer => {
+                let buckets = target.buckets.unwrap_or_else(|| Arc::from(DEFAULT_BUCKETS));
+                State::Observer(Box::new(Observer {
+                    millis: kind == MetricType::Timer,
+                    bucket_counts: vec![0.0; buckets.len()].into_boxed_slice(),
+                    buckets,
+                    sum: 0.0,
+                    count: 0.0,
+                    interval: Interval::default(),
+                }))
+            }
+        };
+        let cloudwatch = self.settings.allowlist.allows(&id.name);
+        let id = Arc::new(id);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation =
+            self.epoch as u32 ^ slot.rotate_left(16) ^ self.stats.series_created as u32;
+        self.slots[slot as usize] = Some(Series {
+            id: id.clone(),
+            help: target.help,
+            state,
+            generation,
+            last_seen: now,
+            touched: false,
+            cloudwatch,
+        });
+        self.index.insert(id, slot);
+        self.live += 1;
+        self.stats.series_created += 1;
+        Resolved::Series { slot, generation }
+    }
+
+    fn apply(&mut self, slot: u32, line: &Line<'_>, now: Instant) {
+        let Some(series) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        series.last_seen = now;
+        series.touched = true;
+        let weight = 1.0 / line.rate;
+        match &mut series.state {
+            State::Counter { total, interval } => {
+                for s in line.samples() {
+                    let (Sample::Value(v) | Sample::Delta(v)) = s;
+                    *total += v * weight;
+                    *interval += v * weight;
+                }
+            }
+            State::Gauge { value } => {
+                for s in line.samples() {
+                    match s {
+                        Sample::Value(v) => *value = v,
+                        Sample::Delta(d) => *value += d,
+                    }
+                }
+            }
+            State::Observer(o) => {
+                for s in line.samples() {
+                    let (Sample::Value(v) | Sample::Delta(v)) = s;
+                    let prom = if o.millis { v / 1000.0 } else { v };
+                    o.sum += prom * weight;
+                    o.count += weight;
+                    // Buckets are cumulative at render time; here each sample lands in one.
+                    if let Some(i) = o.buckets.iter().position(|b| prom <= *b) {
+                        o.bucket_counts[i] += weight;
+                    }
+                    o.interval.observe(v, weight);
+                }
+            }
+            State::Set { members, .. } => {
+                if members.len() < MAX_SET_MEMBERS && !members.contains(line.values) {
+                    members.insert(line.values.into());
+                }
+            }
+        }
+    }
+
+    /// Ends an interval: returns the CloudWatch datums of allowlisted series touched in it,
+    /// resets interval state and expires idle series.
+    pub fn flush(&mut self, now: Instant, at: SystemTime) -> Vec<Datum> {
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(series) = entry.as_mut() else {
+                continue;
+            };
+            if series.touched {
+                series.touched = false;
+                let (value, unit) = match &mut series.state {
+                    State::Counter { interval, .. } => (
+                        Some(DatumValue::Single(std::mem::take(interval))),
+                        Unit::Count,
+                    ),
+                    State::Gauge { value } => (Some(DatumValue::Single(*value)), Unit::None),
+                    State::Observer(o) => (
+                        o.interval.take(),
+                        if o.millis {
+                            Unit::Milliseconds
+                        } else {
+                            Unit::None
+                        },
+                    ),
+                    State::Set { members, last } => {
+                        *last = members.len() as f64;
+                        members.clear();
+                        (Some(DatumValue::Single(*last)), Unit::Count)
+                    }
+                };
+                if let (true, Some(value)) = (series.cloudwatch, value) {
+                    out.push(Datum {
+                        name: series.id.name.clone(),
+                        dimensions: series
+                            .id
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        value,
+                        unit,
+                        high_resolution: false,
+                        timestamp: at,
+                    });
+                }
+            } else if now.saturating_duration_since(series.last_seen) > self.settings.ttl {
+                expired.push(slot);
+            }
+        }
+        for slot in expired {
+            if let Some(series) = self.slots[slot].take() {
+                self.index.remove(&series.id);
+                self.free.push(slot as u32);
+                self.live -= 1;
+                self.stats.series_expired += 1;
+            }
+        }
+        if self.stats.series_expired > 0 {
+            // Series were freed: cached cap refusals may now fit.
+            self.epoch += 1;
+        }
+        // Forget metric names no series uses any more.
+        if self.names.len() > self.live {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+        }
+        out
+    }
+
+    /// Every live series for the Prometheus exposition: (name, labels, help, value).
+    pub(crate) fn series_views(&self) -> impl Iterator<Item = SeriesView<'_>> {
+        self.slots.iter().flatten().map(|series| {
+            let value = match &series.state {
+                State::Counter { total, .. } => PromValue::Counter(*total),
+                State::Gauge { value } => PromValue::Gauge(*value),
+                State::Set { last, .. } => PromValue::Gauge(*last),
+                State::Observer(o) => PromValue::Histogram {
+                    buckets: &o.buckets,
+                    counts: &o.bucket_counts,
+                    sum: o.sum,
+                    count: o.count,
+                },
+            };
+            (
+                &*series.id.name,
+                &*series.id.labels,
+                series.help.as_deref(),
+                value,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(max_series: usize, allow: &[&str]) -> Aggregator {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        Aggregator::new(
+            Arc::new(crate::catalogue::airflow("airflow").unwrap()),
+            AggregatorSettings {
+                max_series,
+                ttl: Duration::from_secs(60),
+                prefix: "airflow".into(),
+                allowlist: Allowlist::new(&allow).unwrap(),
+            },
+        )
+    }
+
+    fn datum<'a>(ds: &'a [Datum], name: &str) -> &'a Datum {
+        ds.iter()
+            .find(|d| &*d.name == name)
+            .unwrap_or_else(|| panic!("{name} not in {ds:?}"))
+    }
+
+    #[test]
+    fn counters_sum_with_rates_gauges_keep_last() {
+        let mut a = agg(100, &["*"]);
+        let now = Instant::now();
+        a.ingest_packet(
+            b"c:1|c\nc:2|c|@0.5\nc:-1|c\ng:5|g\ng:+2|g\ng:-10|g\ng:3|g",
+            now,
+        );
+        let ds = a.flush(now, SystemTime::now());
+        assert_eq!(datum(&ds, "c").value, DatumValue::Single(4.0));
+        assert_eq!(datum(&ds, "c").unit, Unit::Count);
+        assert_eq!(datum(&ds, "g").value, DatumValue::Single(3.0));
+        // A second interval with no samples sends nothing (missing, not zero).
+        assert!(a.flush(now, SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn timers_as_values_and_counts_then_statistic_sets() {
+        let mut a = agg(100, &["*"]);
+        let now = Instant::now();
+        a.ingest_packet(b"t:10|ms\nt:10|ms\nt:20|ms|@0.5\nh:1:2:3|h", now);
+        let ds = a.flush(now, SystemTime::now());
+        assert_eq!(
+            datum(&ds, "t").value,
+            DatumValue::Values {
+                values: vec![10.0, 20.0],
+                counts: vec![2.0, 2.0]
+            }
+        );
+        assert_eq!(datum(&ds, "t").unit, Unit::Milliseconds);
+        assert_eq!(datum(&ds, "h").unit, Unit::None);
+        for i in 0..200 {
+            a.ingest(format!("t:{i}|ms").as_bytes(), now).unwrap();
+        }
+        let ds = a.flush(now, SystemTime::now());
+        assert_eq!(
+            datum(&ds, "t").value,
+            DatumValue::Stats {
+                count: 200.0,
+                sum: 19900.0,
+                min: 0.0,
+                max: 199.0
+            }
+        );
+    }
+
+    #[test]
+    fn sets_count_distinct_members() {
+        let mut a = agg(100, &["*"]);
+        let now = Instant::now();
+        a.ingest_packet(b"u:a|s\nu:b|s\nu:a|s", now);
+        assert_eq!(
+            datum(&a.flush(now, SystemTime::now()), "u").value,
+            DatumValue::Single(2.0)
+        );
+    }
+
+    #[test]
+    fn allowlist_and_cap_and_ttl() {
+        let mut a = agg(2, &["keep*"]);
+        let now = Instant::now();
+        a.ingest_packet(b"keep_a:1|c\nother:1|c\nthird:1|c\nthird:1|c", now);
+        assert_eq!(a.live_series(), 2);
+        assert_eq!(a.stats.over_cap, 2);
+        assert_eq!(a.stats.series_refused, 1);
+        let ds = a.flush(now, SystemTime::now());
+        assert_eq!(ds.len(), 1);
+        assert_eq!(&*ds[0].name, "keep_a");
+        // After the TTL the idle series expire and make room.
+        let later = now + Duration::from_secs(61);
+        a.flush(later, SystemTime::now());
+        assert_eq!(a.live_series(), 0);
+        assert_eq!(a.stats.series_expired, 2);
+        a.ingest(b"third:1|c", later).unwrap();
+        assert_eq!(a.live_series(), 1);
+    }
+
+    #[test]
+    fn type_conflicts_and_garbage_are_counted() {
+        let mut a = agg(100, &[]);
+        let now = Instant::now();
+        a.ingest_packet(b"x:1|c\nx:1|g\n\xff\nnope\nx:1|c", now);
+        assert_eq!(a.stats.lines, 3);
+        assert_eq!(a.stats.malformed, 2);
+        assert_eq!(a.stats.type_conflict, 1);
+    }
+
+    #[test]
+    fn legacy_and_tagged_pool_names_share_one_series() {
+        let mut a = agg(100, &["*"]);
+        let now = Instant::now();
+        a.ingest_packet(
+            b"airflow.pool.queued_slots.etl:4|g\nairflow.pool.queued_slots:9|g\nairflow.pool.queued_slots:5|g|#pool_name:etl",
+            now,
+        );
+        let ds = a.flush(now, SystemTime::now());
+        let pools: Vec<_> = ds
+            .iter()
+            .filter(|d| &*d.name == "airflow_pool_queued_slots")
+            .collect();
+        assert_eq!(pools.len(), 1, "{ds:?}");
+        assert_eq!(
+            pools[0].dimensions,
+            vec![("pool_name".to_string(), "etl".to_string())]
+        );
+        assert_eq!(pools[0].value, DatumValue::Single(5.0));
+        assert_eq!(a.stats.ambiguous, 1);
+    }
+}

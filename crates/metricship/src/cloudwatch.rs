@@ -1,0 +1,397 @@
+//! Publishing interval datums to CloudWatch with PutMetricData.
+//!
+//! * Batches stay within the API limits: at most 1,000 datums and 1 MB per
+//!   request (sizes are estimated conservatively, above every wire encoding).
+//! * Batches wait in a bounded [`Backlog`] while CloudWatch is unreachable:
+//!   when it is full the **oldest** batches are dropped and counted, so memory
+//!   stays bounded and the newest data (what alarms look at) survives.
+//! * Throttling, 5xx and dropped connections are retried with full-jitter
+//!   backoff ([`airside_core::backoff::Backoff`]) on top of the SDK's own
+//!   retries, keeping the batch at the head of the backlog; a batch CloudWatch
+//!   rejects as invalid is dropped and counted; access denied that persists
+//!   ends the daemon with exit code 3.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airside_core::aws::{ErrorClass, classify, describe};
+use airside_core::backoff::Backoff;
+use airside_core::shutdown::Shutdown;
+use aws_sdk_cloudwatch::Client;
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, StatisticSet};
+use tokio::sync::Notify;
+
+use crate::aggregate::{Datum, DatumValue};
+
+/// PutMetricData's limit of datums per request.
+pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
+/// PutMetricData's payload limit (1 MB), with room for the envelope.
+pub const MAX_REQUEST_BYTES: usize = 1_000_000 - 16 * 1024;
+
+/// A generous upper estimate of a datum's encoded size. The query encoding
+/// (`MetricData.member.N.Dimensions.member.M.Name=...`) is the largest of the
+/// protocols CloudWatch accepts, so this is sized for it.
+pub fn estimated_size(d: &Datum) -> usize {
+    let dims: usize = d
+        .dimensions
+        .iter()
+        .map(|(k, v)| 3 * (k.len() + v.len()) + 110)
+        .sum();
+    let values = match &d.value {
+        DatumValue::Single(_) => 60,
+        DatumValue::Values { values, .. } => values.len() * 100,
+        DatumValue::Stats { .. } => 240,
+    };
+    200 + 3 * d.name.len() + dims + values
+}
+
+/// Splits datums into request-sized batches, keeping their order.
+pub fn batches(datums: Vec<Datum>) -> Vec<Vec<Datum>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for d in datums {
+        let size = estimated_size(&d);
+        if !current.is_empty()
+            && (current.len() >= MAX_DATUMS_PER_REQUEST || bytes + size > MAX_REQUEST_BYTES)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(d);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Batches waiting to be sent, bounded by a total number of datums.
+#[derive(Debug)]
+pub struct Backlog {
+    queue: VecDeque<Vec<Datum>>,
+    datums: usize,
+    max_datums: usize,
+    /// Datums dropped because the backlog was full.
+    pub dropped: u64,
+}
+
+impl Backlog {
+    /// An empty backlog holding at most `max_datums`.
+    pub fn new(max_datums: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            datums: 0,
+            max_datums: max_datums.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Adds a batch at the tail, dropping the oldest batches if it does not fit.
+    /// Returns the number of datums dropped.
+    pub fn push(&mut self, mut batch: Vec<Datum>) -> u64 {
+        let mut dropped = 0;
+        if batch.len() > self.max_datums {
+            let excess = batch.len() - self.max_datums;
+            batch.drain(..excess);
+            dropped += excess as u64;
+        }
+        while self.datums + batch.len() > self.max_datums {
+            match self.queue.pop_front() {
+                Some(old) => {
+                    self.datums -= old.len();
+                    dropped += old.len() as u64;
+                }
+                None => break,
+            }
+        }
+        self.datums += batch.len();
+        self.queue.push_back(batch);
+        self.dropped += dropped;
+        dropped
+    }
+
+    /// A copy of the oldest batch (it stays queued until [`Backlog::pop_sent`]).
+    pub fn front(&self) -> Option<Vec<Datum>> {
+        self.queue.front().cloned()
+    }
+
+    /// Removes the oldest batch after it was sent (or given up on).
+    pub fn pop_sent(&mut self) -> Option<usize> {
+        let b = self.queue.pop_front()?;
+        self.datums -= b.len();
+        Some(b.len())
+    }
+
+    /// Datums queued.
+    pub fn datums(&self) -> usize {
+        self.datums
+    }
+
+    /// Batches queued.
+    pub fn batches(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Converts a datum to the SDK's type.
+pub fn to_sdk(d: &Datum) -> MetricDatum {
+    let mut b = MetricDatum::builder()
+        .metric_name(&*d.name)
+        .timestamp(DateTime::from(d.timestamp))
+        .unit(StandardUnit::from(d.unit.as_str()));
+    for (k, v) in &d.dimensions {
+        b = b.dimensions(Dimension::builder().name(k).value(v).build());
+    }
+    b = match &d.value {
+        DatumValue::Single(v) => b.value(*v),
+        DatumValue::Values { values, counts } => b
+            .set_values(Some(values.clone()))
+            .set_counts(Some(counts.clone())),
+        DatumValue::Stats {
+            count,
+            sum,
+            min,
+            max,
+        } => b.statistic_values(
+            StatisticSet::builder()
+                .sample_count(*count)
+                .sum(*sum)
+                .minimum(*min)
+                .maximum(*max)
+                .build(),
+        ),
+    };
+    if d.high_resolution {
+        b = b.storage_resolution(1);
+    }
+    b.build()
+}
+
+/// Why publishing stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Access stayed denied across retries.
+    #[error("CloudWatch denied access after {attempts} attempts: {message}")]
+    AccessDenied {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        message: String,
+    },
+}
+
+/// Consecutive access-denied answers tolerated (credentials can be rotated under us).
+const ACCESS_DENIED_ATTEMPTS: u32 = 5;
+
+/// Sends backlog batches to CloudWatch, one request at a time, oldest first.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    namespace: String,
+    backlog: Arc<Mutex<Backlog>>,
+    wake: Arc<Notify>,
+    backoff: Backoff,
+}
+
+impl Publisher {
+    /// A publisher for `namespace` sending the batches of `backlog`.
+    pub fn new(
+        client: Client,
+        namespace: String,
+        backlog: Arc<Mutex<Backlog>>,
+        wake: Arc<Notify>,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            client,
+            namespace,
+            backlog,
+            wake,
+            backoff,
+        }
+    }
+
+    /// Checks at start that the namespace can be read (credentials, endpoint, permissions).
+    pub async fn check(&self) -> Result<(), (ErrorClass, String)> {
+        match self
+            .client
+            .list_metrics()
+            .namespace(&self.namespace)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err((classify(&e), describe(&e))),
+        }
+    }
+
+    /// Sends until the backlog is empty and `stop` is cancelled. While `stop` is not
+    /// cancelled, waits for new batches; once it is, returns when the backlog is empty
+    /// (the caller bounds that drain with a timeout).
+    pub async fn run(&self, stop: Shutdown) -> Result<(), PublishError> {
+        let mut attempt: u32 = 0;
+        let mut denied: u32 = 0;
+        loop {
+            let batch = self.backlog.lock().expect("backlog lock").front();
+            let Some(batch) = batch else {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            };
+            let datums: Vec<MetricDatum> = batch.iter().map(to_sdk).collect();
+            let started = std::time::Instant::now();
+            let result = self
+                .client
+                .put_metric_data()
+                .namespace(&self.namespace)
+                .set_metric_data(Some(datums))
+                .send()
+                .await;
+            metrics::histogram!("metricship_cloudwatch_request_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(_) => {
+                    self.backlog.lock().expect("backlog lock").pop_sent();
+                    metrics::counter!("metricship_cloudwatch_datums_sent_total")
+                        .increment(batch.len() as u64);
+                    metrics::counter!("metricship_cloudwatch_requests_total", "result" => "ok")
+                        .increment(1);
+                    tracing::debug!(datums = batch.len(), "PutMetricData sent");
+                    attempt = 0;
+                    denied = 0;
+                }
+                Err(e) => {
+                    let class = classify(&e);
+                    let message = describe(&e);
+                    metrics::counter!("metricship_cloudwatch_errors_total", "class" => class.as_str())
+                        .increment(1);
+                    match class {
+                        ErrorClass::AccessDenied => {
+                            denied += 1;
+                            if denied >= ACCESS_DENIED_ATTEMPTS {
+                                return Err(PublishError::AccessDenied {
+                                    attempts: denied,
+                                    message,
+                                });
+                            }
+                        }
+                        ErrorClass::Invalid | ErrorClass::NotFound => {
+                            // Retrying the same request cannot succeed: drop it, loudly.
+                            self.backlog.lock().expect("backlog lock").pop_sent();
+                            metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "rejected")
+                                .increment(batch.len() as u64);
+                            tracing::error!(datums = batch.len(), error = %message, "CloudWatch rejected a batch; dropped it");
+                            continue;
+                        }
+                        ErrorClass::Transient | ErrorClass::Throttled => {}
+                    }
+                    let delay = self.backoff.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %message, class = class.as_str(), retry_in = ?delay, datums = batch.len(), "PutMetricData failed; retrying");
+                    if stop.is_cancelled() {
+                        // Draining: retry promptly within the caller's grace period.
+                        tokio::time::sleep(delay.min(Duration::from_millis(500))).await;
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Unit;
+    use std::time::SystemTime;
+
+    fn d(name: &str, value: DatumValue) -> Datum {
+        Datum {
+            name: name.into(),
+            dimensions: vec![("pool_name".into(), "default_pool".into())],
+            value,
+            unit: Unit::None,
+            high_resolution: false,
+            timestamp: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn batches_respect_count_and_size() {
+        let many: Vec<_> = (0..2500)
+            .map(|i| d(&format!("m{i}"), DatumValue::Single(1.0)))
+            .collect();
+        let b = batches(many);
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        let big = DatumValue::Values {
+            values: (0..150).map(f64::from).collect(),
+            counts: vec![1.0; 150],
+        };
+        let heavy: Vec<_> = (0..200).map(|i| d(&format!("t{i}"), big.clone())).collect();
+        let b = batches(heavy);
+        assert!(b.len() > 1);
+        for batch in &b {
+            let bytes: usize = batch.iter().map(estimated_size).sum();
+            assert!(bytes <= MAX_REQUEST_BYTES, "{bytes}");
+        }
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 200);
+    }
+
+    #[test]
+    fn backlog_drops_oldest_first() {
+        let mut b = Backlog::new(5);
+        assert_eq!(b.push(vec![d("a", DatumValue::Single(1.0)); 3]), 0);
+        assert_eq!(b.push(vec![d("b", DatumValue::Single(1.0)); 2]), 0);
+        assert_eq!(b.push(vec![d("c", DatumValue::Single(1.0)); 2]), 3);
+        assert_eq!(b.datums(), 4);
+        assert_eq!(&*b.front().unwrap()[0].name, "b");
+        assert_eq!(b.pop_sent(), Some(2));
+        assert_eq!(&*b.front().unwrap()[0].name, "c");
+        assert_eq!(b.push(vec![d("x", DatumValue::Single(1.0)); 9]), 6);
+        assert_eq!(b.datums(), 5);
+        assert_eq!(b.dropped, 9);
+    }
+
+    #[test]
+    fn sdk_datums_carry_every_shape() {
+        let s = to_sdk(&d(
+            "t",
+            DatumValue::Values {
+                values: vec![1.0, 2.0],
+                counts: vec![3.0, 1.0],
+            },
+        ));
+        assert_eq!(s.values(), &[1.0, 2.0]);
+        assert_eq!(s.counts(), &[3.0, 1.0]);
+        assert_eq!(s.dimensions().len(), 1);
+        let s = to_sdk(&d(
+            "t",
+            DatumValue::Stats {
+                count: 4.0,
+                sum: 10.0,
+                min: 1.0,
+                max: 4.0,
+            },
+        ));
+        assert_eq!(s.statistic_values().unwrap().maximum(), Some(4.0));
+        let mut hr = d("q", DatumValue::Single(3.0));
+        hr.high_resolution = true;
+        assert_eq!(to_sdk(&hr).storage_resolution(), Some(1));
+    }
+}

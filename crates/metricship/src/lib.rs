@@ -1,0 +1,614 @@
+//! metricship: Airflow's StatsD in, Prometheus and CloudWatch out, plus the
+//! queue-depth signal that scales Celery workers.
+//!
+//! Data flows one way:
+//!
+//! 1. [`ingest`] receives datagrams (UDP or a unix datagram socket) on one
+//!    thread, batched with `recvmmsg`, and hands each line to the
+//!    [`aggregate::Aggregator`] — [`statsd`] parses, [`mapping`] (the user's
+//!    rules, then the built-in [`catalogue`]) names the series, and
+//!    [`signal`] picks out the autoscaling inputs.
+//! 2. Prometheus scrapes render the cumulative state ([`prometheus`]).
+//! 3. Every flush interval the aggregator's interval state becomes datums: the
+//!    allowlisted series plus QueueDepth, TaskDemand, DesiredWorkers and the
+//!    `celery.queue_depth` alias (withheld while the scheduler is silent). They
+//!    go to CloudWatch through a bounded backlog ([`cloudwatch`]), or as EMF
+//!    lines on stdout ([`emf`]).
+//!
+//! [`Daemon::start`] binds and spawns everything and returns the bound
+//! addresses (tests use port 0); [`run`] is start + wait, used by `main`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod catalogue;
+pub mod cloudwatch;
+pub mod config;
+pub mod emf;
+pub mod ingest;
+pub mod mapping;
+pub mod prometheus;
+pub mod signal;
+pub mod statsd;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use airside_core::ExitCode;
+use airside_core::admin::{AdminServer, Readiness};
+use airside_core::aws::ErrorClass;
+use airside_core::backoff::Backoff;
+use airside_core::exit::HasExitCode;
+use airside_core::shutdown::{Shutdown, drain};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::aggregate::{Aggregator, AggregatorSettings, Allowlist, Datum, DatumValue, Unit};
+use crate::cloudwatch::{Backlog, PublishError, Publisher, batches};
+pub use crate::config::Config;
+use crate::ingest::{Listen, ReceiveCounters, StatsdSocket};
+use crate::signal::{Signal, SignalSettings};
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or file is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The StatsD socket could not be bound.
+    #[error("cannot bind the StatsD socket {listen}: {source} (choose another --statsd-addr)")]
+    BindStatsd {
+        /// What was asked for.
+        listen: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin server could not be bound.
+    #[error(transparent)]
+    BindAdmin(#[from] airside_core::admin::BindError),
+    /// CloudWatch refused at the start check.
+    #[error("CloudWatch check of namespace {namespace:?} failed: {message}")]
+    CloudWatchCheck {
+        /// The namespace.
+        namespace: String,
+        /// The error class.
+        class: ErrorClass,
+        /// The error.
+        message: String,
+    },
+    /// Publishing failed for good.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// AWS setup failed.
+    #[error(transparent)]
+    Aws(#[from] airside_core::aws::AwsSetupError),
+    /// A task of the daemon failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HasExitCode for Error {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Config(_) | Error::BindStatsd { .. } | Error::BindAdmin(_) => ExitCode::Usage,
+            Error::CloudWatchCheck { class, .. } => class.exit_code(),
+            Error::Publish(PublishError::AccessDenied { .. }) => ExitCode::AccessDenied,
+            Error::Aws(airside_core::aws::AwsSetupError::NoRegion) => ExitCode::Usage,
+            Error::Aws(_) | Error::Internal(_) => ExitCode::Other,
+        }
+    }
+}
+
+/// Where interval datums go.
+#[derive(Clone)]
+pub enum Output {
+    /// PutMetricData with this client.
+    CloudWatch(aws_sdk_cloudwatch::Client),
+    /// EMF lines on stdout.
+    Emf,
+    /// Nowhere (Prometheus only).
+    None,
+}
+
+/// State shared by the daemon's tasks.
+struct Shared {
+    config: Config,
+    aggregator: Arc<Mutex<Aggregator>>,
+    signal_settings: SignalSettings,
+    allowlist: Allowlist,
+    last_signal: Mutex<Option<Signal>>,
+    backlog: Arc<Mutex<Backlog>>,
+    wake: Arc<Notify>,
+    output: Output,
+    counters: Arc<ReceiveCounters>,
+}
+
+/// A started daemon.
+pub struct Daemon {
+    statsd: Listen,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    stop_receiver: Arc<AtomicBool>,
+    receiver: Option<std::thread::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    publisher: Option<(JoinHandle<Result<(), PublishError>>, Shutdown)>,
+    fatal: tokio::sync::mpsc::Receiver<Error>,
+    admin_stop: Shutdown,
+    admin_task: JoinHandle<()>,
+}
+
+/// Runs the daemon until `shutdown`, then flushes the last interval and drains.
+pub async fn run(config: Config, output: Output, shutdown: Shutdown) -> Result<(), Error> {
+    Daemon::start(config, output, shutdown).await?.wait().await
+}
+
+/// Builds the output `config` asks for, loading AWS settings when CloudWatch is used.
+pub async fn output_for(config: &Config) -> Result<Output, Error> {
+    if config.no_cloudwatch {
+        return Ok(Output::None);
+    }
+    if config.emf {
+        return Ok(Output::Emf);
+    }
+    let sdk = airside_core::aws::load(&airside_core::aws::AwsSettings {
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .await?;
+    Ok(Output::CloudWatch(aws_sdk_cloudwatch::Client::new(&sdk)))
+}
+
+impl Daemon {
+    /// Binds the sockets, checks CloudWatch in the background, and spawns the tasks.
+    pub async fn start(config: Config, output: Output, shutdown: Shutdown) -> Result<Self, Error> {
+        if config.flush_interval < Duration::from_millis(100) {
+            return Err(Error::Config(
+                "--flush-interval must be at least 100ms".into(),
+            ));
+        }
+        if config.min_workers > config.max_workers {
+            return Err(Error::Config(format!(
+                "--min-workers ({}) is above --max-workers ({})",
+                config.min_workers, config.max_workers
+            )));
+        }
+        if config.namespace.is_empty() || config.namespace.starts_with("AWS/") {
+            return Err(Error::Config(format!(
+                "--namespace {:?} is not usable for custom metrics",
+                config.namespace
+            )));
+        }
+        let mut mapper = match &config.mapping {
+            Some(path) => {
+                mapping::Mapper::from_file(path).map_err(|e| Error::Config(e.to_string()))?
+            }
+            None => mapping::Mapper::default(),
+        };
+        let user_rules = mapper.len();
+        mapper = mapper.then(
+            catalogue::airflow(&config.statsd_prefix).map_err(|e| Error::Config(e.to_string()))?,
+        );
+        let allowlist = Allowlist::new(&config.allowlist())
+            .map_err(|e| Error::Config(format!("invalid --cloudwatch-allow pattern: {e}")))?;
+        let aggregator = Arc::new(Mutex::new(Aggregator::new(
+            Arc::new(mapper),
+            AggregatorSettings {
+                max_series: config.max_series,
+                ttl: config.series_ttl,
+                prefix: config.statsd_prefix.clone(),
+                allowlist: allowlist.clone(),
+            },
+        )));
+
+        let socket =
+            StatsdSocket::bind(&config.statsd_addr, config.recv_buffer).map_err(|source| {
+                Error::BindStatsd {
+                    listen: config.statsd_addr.to_string(),
+                    source,
+                }
+            })?;
+        let statsd = socket.local().clone();
+        let kernel_drops = socket.kernel_drops();
+        tracing::info!(
+            statsd = %statsd,
+            recv_buffer = socket.recv_buffer(),
+            mapping_rules = user_rules,
+            allowlist = ?allowlist.patterns(),
+            "StatsD socket bound"
+        );
+
+        let shared = Arc::new(Shared {
+            signal_settings: SignalSettings {
+                freshness: config.freshness_window,
+                worker_concurrency: config.worker_concurrency,
+                min_workers: config.min_workers,
+                max_workers: config.max_workers,
+            },
+            backlog: Arc::new(Mutex::new(Backlog::new(config.backlog_datums))),
+            wake: Arc::new(Notify::new()),
+            last_signal: Mutex::new(None),
+            allowlist,
+            aggregator: aggregator.clone(),
+            output: output.clone(),
+            counters: Arc::new(ReceiveCounters::default()),
+            config,
+        });
+
+        let stop_receiver = Arc::new(AtomicBool::new(false));
+        let receiver = {
+            let (agg, counters, stop) = (
+                aggregator.clone(),
+                shared.counters.clone(),
+                stop_receiver.clone(),
+            );
+            std::thread::Builder::new()
+                .name("statsd-receive".into())
+                .spawn(move || ingest::receive_loop(socket, agg, counters, stop))
+                .map_err(|e| Error::Internal(format!("cannot start the receive thread: {e}")))?
+        };
+
+        let readiness = Readiness::new("starting");
+        let render_shared = shared.clone();
+        let admin = AdminServer::bind(shared.config.admin_addr, readiness.clone())
+            .await?
+            .with_extra_metrics(move || render_extra(&render_shared));
+        let admin_addr = admin.local_addr();
+        let admin_stop = Shutdown::new();
+        let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
+
+        let (fatal_tx, fatal) = tokio::sync::mpsc::channel::<Error>(4);
+        let mut tasks = Vec::new();
+        let mut publisher = None;
+        match &output {
+            Output::CloudWatch(client) => {
+                let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(20))
+                    .expect("static backoff bounds are valid");
+                let p = Publisher::new(
+                    client.clone(),
+                    shared.config.namespace.clone(),
+                    shared.backlog.clone(),
+                    shared.wake.clone(),
+                    backoff,
+                );
+                readiness.set_not_ready("checking CloudWatch");
+                tasks.push(tokio::spawn(check_cloudwatch(
+                    p.clone(),
+                    shared.config.namespace.clone(),
+                    readiness.clone(),
+                    fatal_tx.clone(),
+                    shutdown.clone(),
+                    backoff,
+                )));
+                let stop = Shutdown::new();
+                let stop2 = stop.clone();
+                publisher = Some((tokio::spawn(async move { p.run(stop2).await }), stop));
+            }
+            Output::Emf | Output::None => readiness.set_ready(),
+        }
+
+        tasks.push(tokio::spawn(flush_loop(shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(export_health(
+            shared.clone(),
+            kernel_drops,
+            shutdown.clone(),
+        )));
+
+        Ok(Self {
+            statsd,
+            admin_addr,
+            shared,
+            shutdown,
+            stop_receiver,
+            receiver: Some(receiver),
+            tasks,
+            publisher,
+            fatal,
+            admin_stop,
+            admin_task,
+        })
+    }
+
+    /// Where StatsD is received.
+    pub fn statsd(&self) -> &Listen {
+        &self.statsd
+    }
+
+    /// The bound UDP address (panics for a unix socket).
+    pub fn statsd_udp_addr(&self) -> SocketAddr {
+        match &self.statsd {
+            Listen::Udp(a) => *a,
+            Listen::Unix(p) => panic!("listening on unix socket {}", p.display()),
+        }
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Waits for shutdown (or a fatal error), then flushes the last interval and
+    /// drains the backlog within `--drain-timeout`.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let mut publisher = self.publisher.take();
+        let fatal = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            e = self.fatal.recv() => e,
+            r = async {
+                match &mut publisher {
+                    Some((task, _)) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                publisher = None;
+                match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(Error::Publish(e)),
+                    Err(e) => Some(Error::Internal(format!("publisher task: {e}"))),
+                }
+            }
+        };
+        // Stop receiving (the thread reads what the kernel still holds), then flush.
+        self.stop_receiver.store(true, Ordering::Relaxed);
+        if let Some(t) = self.receiver.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if fatal.is_none() {
+            flush_once(&self.shared, Instant::now());
+        }
+        let mut result = fatal.map_or(Ok(()), Err);
+        if let Some((task, stop)) = publisher {
+            stop.cancel();
+            let grace = self.shared.config.drain_timeout;
+            match drain(grace, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    if result.is_ok() {
+                        result = Err(Error::Publish(e));
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "publisher task failed"),
+                Err(timeout) => {
+                    let left = self.shared.backlog.lock().expect("backlog").datums();
+                    metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "shutdown")
+                        .increment(left as u64);
+                    tracing::error!(datums_lost = left, %timeout, "backlog not drained before the drain timeout");
+                }
+            }
+        }
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+        tracing::info!("metricship stopped");
+        result
+    }
+}
+
+async fn check_cloudwatch(
+    publisher: Publisher,
+    namespace: String,
+    readiness: Readiness,
+    fatal: tokio::sync::mpsc::Sender<Error>,
+    shutdown: Shutdown,
+    backoff: Backoff,
+) {
+    let mut attempt = 0u32;
+    loop {
+        match publisher.check().await {
+            Ok(()) => {
+                tracing::info!(%namespace, "CloudWatch reachable");
+                readiness.set_ready();
+                return;
+            }
+            Err((class, message)) => {
+                readiness.set_not_ready(format!("CloudWatch check failed: {message}"));
+                if !class.is_retryable() && (class != ErrorClass::AccessDenied || attempt >= 4) {
+                    let _ = fatal
+                        .send(Error::CloudWatchCheck {
+                            namespace,
+                            class,
+                            message,
+                        })
+                        .await;
+                    return;
+                }
+                tracing::warn!(error = %message, class = class.as_str(), "CloudWatch check failed; retrying");
+                if airside_core::shutdown::sleep_or_shutdown(backoff.delay(attempt), &shutdown)
+                    .await
+                {
+                    return;
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
+    let period = shared.config.flush_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let shared = shared.clone();
+        // Flushing walks every series: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || flush_once(&shared, Instant::now())).await;
+    }
+}
+
+/// Ends one interval: drains the aggregator, computes the signal, and hands the
+/// datums to the output.
+fn flush_once(shared: &Shared, now: Instant) {
+    let at = SystemTime::now();
+    let (mut datums, signal, source_age, live) = {
+        let mut agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        let datums = agg.flush(now, at);
+        let signal = agg.signal.compute(&shared.signal_settings, now);
+        (
+            datums,
+            signal,
+            agg.signal.source_age(now),
+            agg.live_series(),
+        )
+    };
+    *shared.last_signal.lock().expect("signal lock") = signal;
+    let high_resolution = shared.config.high_resolution;
+    match signal {
+        Some(s) => {
+            for (name, value, unit) in [
+                ("QueueDepth", s.queue_depth, Unit::Count),
+                ("celery.queue_depth", s.queue_depth, Unit::Count),
+                ("TaskDemand", s.task_demand, Unit::Count),
+                ("DesiredWorkers", s.desired_workers, Unit::Count),
+            ] {
+                if shared.allowlist.allows(name) {
+                    datums.push(Datum {
+                        name: name.into(),
+                        dimensions: Vec::new(),
+                        value: DatumValue::Single(value),
+                        unit,
+                        high_resolution,
+                        timestamp: at,
+                    });
+                }
+            }
+        }
+        None => {
+            metrics::counter!("metricship_signal_withheld_total").increment(1);
+            tracing::warn!(
+                source_age_seconds = source_age.map(|a| a.as_secs_f64()),
+                freshness_seconds = shared.signal_settings.freshness.as_secs_f64(),
+                "scheduler silent: autoscaling signal withheld"
+            );
+        }
+    }
+    for d in &mut datums {
+        for (k, v) in &shared.config.dimensions {
+            if !d.dimensions.iter().any(|(dk, _)| dk == k) {
+                d.dimensions.push((k.clone(), v.clone()));
+            }
+        }
+        // CloudWatch allows 30 dimensions per datum.
+        d.dimensions.truncate(30);
+    }
+    let count = datums.len();
+    tracing::info!(
+        datums = count,
+        live_series = live,
+        queue_depth = signal.map(|s| s.queue_depth),
+        task_demand = signal.map(|s| s.task_demand),
+        desired_workers = signal.map(|s| s.desired_workers),
+        "flushed interval"
+    );
+    metrics::counter!("metricship_flushes_total").increment(1);
+    match &shared.output {
+        Output::CloudWatch(_) => {
+            if datums.is_empty() {
+                return;
+            }
+            let mut backlog = shared.backlog.lock().expect("backlog lock");
+            let mut dropped = 0;
+            for b in batches(datums) {
+                dropped += backlog.push(b);
+            }
+            if dropped > 0 {
+                metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "backlog_full")
+                    .increment(dropped);
+                tracing::warn!(
+                    dropped,
+                    backlog = backlog.datums(),
+                    "CloudWatch backlog full: dropped the oldest datums"
+                );
+            }
+            drop(backlog);
+            shared.wake.notify_one();
+        }
+        Output::Emf => {
+            let mut out = std::io::stdout().lock();
+            for d in &datums {
+                let _ = writeln!(out, "{}", emf::line(&shared.config.namespace, d));
+            }
+            let _ = out.flush();
+            metrics::counter!("metricship_emf_lines_total").increment(count as u64);
+        }
+        Output::None => {}
+    }
+}
+
+/// Publishes the receive counters and ingest statistics to the metrics registry once a second.
+async fn export_health(
+    shared: Arc<Shared>,
+    kernel_drops: Option<ingest::KernelDrops>,
+    shutdown: Shutdown,
+) {
+    let packets = metrics::counter!("metricship_packets_received_total");
+    let bytes = metrics::counter!("metricship_bytes_received_total");
+    let truncated = metrics::counter!("metricship_packets_truncated_total");
+    let recv_errors = metrics::counter!("metricship_receive_errors_total");
+    let lines = metrics::counter!("metricship_lines_parsed_total");
+    let malformed = metrics::counter!("metricship_lines_malformed_total");
+    let dropped_mapping =
+        metrics::counter!("metricship_lines_dropped_total", "reason" => "mapping");
+    let dropped_ambiguous =
+        metrics::counter!("metricship_lines_dropped_total", "reason" => "ambiguous");
+    let dropped_conflict =
+        metrics::counter!("metricship_lines_dropped_total", "reason" => "type_conflict");
+    let dropped_cap = metrics::counter!("metricship_lines_dropped_total", "reason" => "series_cap");
+    let series_dropped = metrics::counter!("metricship_series_dropped_total");
+    let series_expired = metrics::counter!("metricship_series_expired_total");
+    let live = metrics::gauge!("metricship_live_series");
+    let backlog = metrics::gauge!("metricship_cloudwatch_backlog_datums");
+    let kernel = metrics::counter!("metricship_kernel_receive_drops_total");
+    loop {
+        let c = &shared.counters;
+        packets.absolute(c.packets.load(Ordering::Relaxed));
+        bytes.absolute(c.bytes.load(Ordering::Relaxed));
+        truncated.absolute(c.truncated.load(Ordering::Relaxed));
+        recv_errors.absolute(c.errors.load(Ordering::Relaxed));
+        let (stats, n) = {
+            let agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+            (agg.stats, agg.live_series())
+        };
+        lines.absolute(stats.lines);
+        malformed.absolute(stats.malformed);
+        dropped_mapping.absolute(stats.mapped_drop);
+        dropped_ambiguous.absolute(stats.ambiguous);
+        dropped_conflict.absolute(stats.type_conflict);
+        dropped_cap.absolute(stats.over_cap);
+        series_dropped.absolute(stats.series_refused);
+        series_expired.absolute(stats.series_expired);
+        live.set(n as f64);
+        backlog.set(shared.backlog.lock().expect("backlog lock").datums() as f64);
+        if let Some(d) = kernel_drops.as_ref().and_then(|k| k.read()) {
+            kernel.absolute(d);
+        }
+        if airside_core::shutdown::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
+            return;
+        }
+    }
+}
+
+fn render_extra(shared: &Shared) -> String {
+    let mut out = String::new();
+    let source_age = {
+        let agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus::render_series(&agg, &mut out);
+        agg.signal.source_age(Instant::now())
+    };
+    let signal = *shared.last_signal.lock().expect("signal lock");
+    // The signal stays on /metrics only while the source is fresh.
+    let signal =
+        signal.filter(|_| source_age.is_some_and(|a| a <= shared.signal_settings.freshness));
+    prometheus::render_signal(signal, source_age, &mut out);
+    out
+}

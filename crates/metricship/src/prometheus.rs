@@ -1,0 +1,208 @@
+//! The Prometheus text exposition of the StatsD series and of the signal.
+//!
+//! Rendered on each scrape of `/metrics` (appended after metricship's own
+//! health metrics, which the core's registry renders). Counters are
+//! cumulative, gauges the last value, sets the distinct count of the last
+//! interval, and timers/histograms/distributions Prometheus histograms
+//! (timers converted from milliseconds to seconds).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::aggregate::{Aggregator, PromValue};
+use crate::signal::Signal;
+
+fn escape(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn labels(pairs: &[(Box<str>, Box<str>)], extra: Option<(&str, &str)>, out: &mut String) {
+    if pairs.is_empty() && extra.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (k, v) in pairs.iter().map(|(k, v)| (&**k, &**v)).chain(extra) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(k);
+        out.push_str("=\"");
+        escape(v, out);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+fn number(v: f64, out: &mut String) {
+    if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Renders every live series, grouped by metric name with one `# TYPE` line each.
+pub fn render_series(agg: &Aggregator, out: &mut String) {
+    let mut rows: Vec<_> = agg.series_views().collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    let mut current: Option<&str> = None;
+    for (name, l, help, value) in rows {
+        if current != Some(name) {
+            current = Some(name);
+            if let Some(h) = help {
+                let _ = writeln!(out, "# HELP {name} {}", h.replace('\n', " "));
+            }
+            let kind = match value {
+                PromValue::Counter(_) => "counter",
+                PromValue::Gauge(_) => "gauge",
+                PromValue::Histogram { .. } => "histogram",
+            };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        }
+        match value {
+            PromValue::Counter(v) | PromValue::Gauge(v) => {
+                out.push_str(name);
+                labels(l, None, out);
+                out.push(' ');
+                number(v, out);
+                out.push('\n');
+            }
+            PromValue::Histogram {
+                buckets,
+                counts,
+                sum,
+                count,
+            } => {
+                let mut cumulative = 0.0;
+                let mut le = String::new();
+                for (b, c) in buckets.iter().zip(counts.iter()) {
+                    cumulative += c;
+                    le.clear();
+                    number(*b, &mut le);
+                    out.push_str(name);
+                    out.push_str("_bucket");
+                    labels(l, Some(("le", &le)), out);
+                    out.push(' ');
+                    number(cumulative, out);
+                    out.push('\n');
+                }
+                out.push_str(name);
+                out.push_str("_bucket");
+                labels(l, Some(("le", "+Inf")), out);
+                out.push(' ');
+                number(count, out);
+                out.push('\n');
+                for (suffix, v) in [("_sum", sum), ("_count", count)] {
+                    out.push_str(name);
+                    out.push_str(suffix);
+                    labels(l, None, out);
+                    out.push(' ');
+                    number(v, out);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+}
+
+/// Renders the autoscaling signal (absent while withheld) and the source age.
+pub fn render_signal(signal: Option<Signal>, source_age: Option<Duration>, out: &mut String) {
+    if let Some(s) = signal {
+        for (name, help, v) in [
+            (
+                "metricship_queue_depth",
+                "Tasks waiting for a worker: the sum over pools of Airflow's pool.queued_slots.",
+                s.queue_depth,
+            ),
+            (
+                "metricship_task_demand",
+                "Executor queued plus running tasks.",
+                s.task_demand,
+            ),
+            (
+                "metricship_desired_workers",
+                "ceil(task demand / worker concurrency), clamped to [min, max] workers.",
+                s.desired_workers,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+    if let Some(age) = source_age {
+        let _ = writeln!(
+            out,
+            "# HELP metricship_source_age_seconds Seconds since the scheduler last sent a signal input.\n# TYPE metricship_source_age_seconds gauge\nmetricship_source_age_seconds {}",
+            age.as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AggregatorSettings, Allowlist};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn exposition_groups_and_escapes() {
+        let mut a = Aggregator::new(
+            Arc::new(crate::mapping::Mapper::default()),
+            AggregatorSettings {
+                max_series: 100,
+                ttl: Duration::from_secs(60),
+                prefix: "airflow".into(),
+                allowlist: Allowlist::new(&[]).unwrap(),
+            },
+        );
+        let now = Instant::now();
+        a.ingest_packet(
+            b"airflow.scheduler_heartbeat:1|c\nairflow.scheduler_heartbeat:2|c\nq:3|g|#pool:a\"b\nq:4|g|#pool:c\nt:250|ms\nt:2000|ms",
+            now,
+        );
+        let mut out = String::new();
+        render_series(&a, &mut out);
+        assert!(
+            out.contains(
+                "# TYPE airflow_scheduler_heartbeat counter\nairflow_scheduler_heartbeat 3\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("# TYPE q gauge").count(), 1, "{out}");
+        assert!(out.contains("q{pool=\"a\\\"b\"} 3\n"), "{out}");
+        assert!(out.contains("t_bucket{le=\"0.25\"} 1\n"), "{out}");
+        assert!(out.contains("t_bucket{le=\"2.5\"} 2\n"), "{out}");
+        assert!(out.contains("t_bucket{le=\"+Inf\"} 2\n"), "{out}");
+        assert!(out.contains("t_sum 2.25\n"), "{out}");
+        assert!(out.contains("t_count 2\n"), "{out}");
+    }
+
+    #[test]
+    fn signal_is_absent_when_withheld() {
+        let mut out = String::new();
+        render_signal(None, Some(Duration::from_secs(90)), &mut out);
+        assert!(!out.contains("metricship_queue_depth"), "{out}");
+        assert!(out.contains("metricship_source_age_seconds 90"), "{out}");
+        out.clear();
+        render_signal(
+            Some(Signal {
+                queue_depth: 4.0,
+                task_demand: 20.0,
+                desired_workers: 2.0,
+            }),
+            None,
+            &mut out,
+        );
+        assert!(out.contains("metricship_queue_depth 4\n"), "{out}");
+        assert!(out.contains("metricship_desired_workers 2\n"), "{out}");
+    }
+}
