@@ -17,5 +17,7 @@ mod fault_proxy;
 mod moto;
 
 pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
-pub use fault_proxy::{Fault, FaultPlan, FaultProxy, FaultStats};
+pub use fault_proxy::{
+    ExchangeRewrite, Fault, FaultPlan, FaultProxy, FaultStats, ResponseFix, ResponseRewrite,
+};
 pub use moto::{Moto, moto, unique_name, workspace_root};
