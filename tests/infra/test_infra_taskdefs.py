@@ -105,7 +105,8 @@ def test_terraform_renders_the_same_files():
     ((_, _, td),) = resources("aws_ecs_task_definition", main)
     assert td["container_definitions"] == "${jsonencode(local.rendered[each.key].containerDefinitions)}"
     assert td["family"] == "${var.name}-${each.key}"
-    assert td["network_mode"] == "${each.value.networkMode}"
+    assert td["for_each"] == "${toset(local.tasks)}"
+    assert td["network_mode"] == "${local.templates[each.key].networkMode}"
     for kind in TASKS:
         assert taskdef(kind)["family"] == "${family_prefix}-" + kind
     # The DAG volume is spelled out in HCL: it must match the templates' EFS volume.
@@ -300,3 +301,22 @@ def test_secrets_come_from_arns_not_values(kind):
         assert names == {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL"}
         env = env_of(airflow)
         assert not names & set(env)
+
+
+def test_render_taskdef_fills_every_placeholder_or_refuses(tmp_path, register_input_shape):
+    import json
+
+    script = str(ROOT / "scripts" / "render-taskdef")
+    values = tmp_path / "values.json"
+    partial = dict(SAMPLE)
+    del partial["firehose_stream"]
+    values.write_text(json.dumps(partial))
+    refused = subprocess.run([sys.executable, script, "worker", str(values)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "firehose_stream" in refused.stderr and refused.stdout == ""
+    values.write_text(json.dumps(SAMPLE))
+    for kind in TASKS:
+        done = subprocess.run([sys.executable, script, kind, str(values)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        td = json.loads(done.stdout)
+        assert td == render(kind, SAMPLE)
+        assert not validate(td, register_input_shape).has_errors()

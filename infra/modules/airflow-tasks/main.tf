@@ -166,20 +166,20 @@ resource "aws_iam_role_policy_attachment" "task" {
 }
 
 resource "aws_ecs_task_definition" "this" {
-  for_each = local.templates
+  for_each = toset(local.tasks)
 
   family                   = "${var.name}-${each.key}"
   task_role_arn            = aws_iam_role.task[each.key].arn
   execution_role_arn       = aws_iam_role.execution.arn
-  network_mode             = each.value.networkMode
-  requires_compatibilities = each.value.requiresCompatibilities
+  network_mode             = local.templates[each.key].networkMode
+  requires_compatibilities = local.templates[each.key].requiresCompatibilities
   cpu                      = tostring(var.task_sizes[each.key].cpu)
   memory                   = tostring(var.task_sizes[each.key].memory)
   container_definitions    = jsonencode(local.rendered[each.key].containerDefinitions)
 
   runtime_platform {
-    operating_system_family = each.value.runtimePlatform.operatingSystemFamily
-    cpu_architecture        = each.value.runtimePlatform.cpuArchitecture
+    operating_system_family = local.templates[each.key].runtimePlatform.operatingSystemFamily
+    cpu_architecture        = local.templates[each.key].runtimePlatform.cpuArchitecture
   }
 
   # The DAG volume is spelled out (tests/infra checks it against the templates) so that
@@ -201,7 +201,7 @@ resource "aws_ecs_task_definition" "this" {
   # The task-scoped volumes (Airflow's logs, logship's checkpoints): as many as the
   # template declares.
   dynamic "volume" {
-    for_each = [for v in each.value.volumes : v.name if !can(v.efsVolumeConfiguration)]
+    for_each = [for v in local.templates[each.key].volumes : v.name if !can(v.efsVolumeConfiguration)]
     content {
       name = volume.value
     }
