@@ -18,6 +18,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -98,14 +99,20 @@ pub enum AwsSetupError {
     NoRegion,
 }
 
-/// Loads the SDK configuration from the standard chain with airside's HTTP client.
-pub async fn load(settings: &AwsSettings) -> Result<SdkConfig, AwsSetupError> {
+/// The HTTP client every airside SDK client uses: rustls (ring) with the system CA bundle,
+/// names resolved by [`HickoryDns`]. Tests building their own `SdkConfig` use it too.
+pub fn http_client() -> Result<SharedHttpClient, AwsSetupError> {
     let dns = HickoryDns::from_system()?;
-    let http_client = aws_smithy_http_client::Builder::new()
+    Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
-        .build_with_resolver(dns);
+        .build_with_resolver(dns))
+}
+
+/// Loads the SDK configuration from the standard chain with airside's HTTP client.
+pub async fn load(settings: &AwsSettings) -> Result<SdkConfig, AwsSetupError> {
+    let http_client = http_client()?;
     let config = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client)
         .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))

@@ -90,6 +90,7 @@ impl Moto {
     /// An SDK config for another endpoint in front of moto (a [`crate::FaultProxy`]).
     pub async fn sdk_config_for(&self, endpoint: &str) -> SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
+            .http_client(airside_core::aws::http_client().expect("http client"))
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
             .endpoint_url(endpoint)

@@ -1,0 +1,219 @@
+//! Helpers for dagsync's integration tests: buckets in moto, the real binary as a child
+//! process, and tree snapshots.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use airside_testkit::{Moto, moto, unique_name};
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dagsync");
+
+pub async fn s3() -> aws_sdk_s3::Client {
+    let config = moto().sdk_config().await;
+    let conf = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+pub async fn new_bucket(s3: &aws_sdk_s3::Client) -> String {
+    let bucket = unique_name("dags");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    bucket
+}
+
+pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.into()))
+        .send()
+        .await
+        .unwrap();
+}
+
+pub async fn put_many(s3: &aws_sdk_s3::Client, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
+    futures::stream::iter(objects.iter())
+        .for_each_concurrent(16, |(k, v)| put(s3, bucket, k, v.clone()))
+        .await;
+}
+
+pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
+    s3.delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Every regular file under `root` except dagsync's own folder: relative path → content.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
+            if rel == ".dagsync" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Strips the prefix from keys: what the destination tree should look like.
+pub fn expected_tree(
+    objects: &BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    objects
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|r| (r.to_string(), v.clone())))
+        .collect()
+}
+
+/// Runs `dagsync` with `args` against `endpoint`; returns (status, stdout, stderr).
+pub fn run_once(endpoint: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .envs(Moto::env_for(endpoint))
+        .env("DAGSYNC_LOG_FORMAT", "json")
+        .env("DAGSYNC_CONCURRENCY", "8");
+    let out = cmd.output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A dagsync daemon child, killed (SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(endpoint: &str, args: &[&str]) -> Self {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("stderr.log");
+        let child = Command::new(BIN)
+            .args(args)
+            .envs(Moto::env_for(endpoint))
+            .env("DAGSYNC_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "dagsync exited early; logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dagsync did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// Files in DEST/.dagsync other than the state file.
+pub fn leftovers(dest: &Path) -> Vec<String> {
+    std::fs::read_dir(dest.join(".dagsync"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n != "state.json")
+                .collect()
+        })
+        .unwrap_or_default()
+}
