@@ -1,0 +1,300 @@
+//! logship: an Airflow-aware log forwarder to Kinesis Data Firehose and S3 that loses nothing.
+//!
+//! Layout, in the order data flows:
+//!
+//! * [`config`]: flags and `LOGSHIP_*` environment variables.
+//! * [`tail`]: finds files by glob (change events plus polling), identifies them
+//!   by device, inode and a fingerprint of the first line, follows appends and
+//!   rotation, and cuts lines.
+//! * [`record`]: joins tracebacks, reads Airflow 2 text and Airflow 3 JSON lines
+//!   and writes one JSON record per logical line, with Airflow and ECS fields.
+//! * [`output`]: Firehose, S3 and stdout; each acknowledges what its destination accepted.
+//! * [`state`]: per-file checkpoints that advance only on acknowledgement,
+//!   persisted atomically — the log file itself is the buffer.
+//!
+//! [`run`] wires these together under one shutdown token: on SIGTERM discovery
+//! stops, every file is read to where it ended when the signal came, outputs
+//! deliver, checkpoints are committed, all within `--shutdown-timeout`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod output;
+pub mod record;
+pub mod state;
+pub mod tail;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airside_core::ExitCode;
+use airside_core::admin::{AdminServer, BindError, Readiness};
+use airside_core::aws::{AwsSettings, AwsSetupError};
+use airside_core::ecs::TaskMetadata;
+use airside_core::exit::HasExitCode;
+use airside_core::shutdown::{DrainTimedOut, Shutdown, drain};
+use tokio::sync::mpsc;
+
+use crate::config::{OutputSpec, ShipArgs};
+use crate::output::{Acker, Output, OutputError};
+use crate::state::{Ledger, StateError};
+use crate::tail::{TailError, TailSettings, Tailer};
+
+/// How often changed checkpoints are written.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Why logship stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag has a value logship cannot use.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The state directory is not usable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The admin address could not be bound.
+    #[error(transparent)]
+    Admin(#[from] BindError),
+    /// AWS could not be set up.
+    #[error(transparent)]
+    Aws(#[from] AwsSetupError),
+    /// An output gave up (missing destination, access denied).
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The tailer stopped.
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    /// The drain after SIGTERM did not finish in time.
+    #[error("{0}; what was not delivered will be sent again from the checkpoint at the next start")]
+    Drain(#[from] DrainTimedOut),
+    /// A task panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HasExitCode for Error {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Config(_) | Error::Admin(_) | Error::Aws(_) => ExitCode::Usage,
+            Error::Tail(TailError::Glob { .. }) => ExitCode::Usage,
+            Error::State(_) => ExitCode::Destination,
+            Error::Output(e) => e.class.exit_code(),
+            Error::Tail(_) | Error::Drain(_) | Error::Internal(_) => ExitCode::Other,
+        }
+    }
+}
+
+fn validate(args: &ShipArgs) -> Result<(), Error> {
+    if args.paths.is_empty() {
+        return Err(Error::Config("--path needs at least one glob".into()));
+    }
+    if args.firehose_record_size == 0
+        || args.firehose_record_size > output::firehose::MAX_RECORD_BYTES as u64
+    {
+        return Err(Error::Config(format!(
+            "--firehose-record-size must be between 1 and {} bytes (1000KiB)",
+            output::firehose::MAX_RECORD_BYTES
+        )));
+    }
+    if args.s3_part_size < output::s3::MIN_PART_SIZE {
+        return Err(Error::Config("--s3-part-size must be at least 5MiB".into()));
+    }
+    if args.shutdown_timeout.is_zero() {
+        return Err(Error::Config(
+            "--shutdown-timeout must be above zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn host_name(ecs: Option<&TaskMetadata>) -> String {
+    if let Some(md) = ecs
+        && !md.task_id().is_empty()
+    {
+        return md.task_id().to_string();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "logship".into())
+}
+
+/// Runs logship until `shutdown`, then drains within `--shutdown-timeout`.
+pub async fn run(args: ShipArgs, shutdown: Shutdown) -> Result<(), Error> {
+    validate(&args)?;
+    let (ledger, restored) = Ledger::open(&args.state_dir, args.outputs.len())?;
+    let ledger = Arc::new(ledger);
+    let readiness = Readiness::new("checking outputs");
+    let admin = AdminServer::bind(args.admin_addr, readiness.clone()).await?;
+    let admin_stop = Shutdown::new();
+    let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
+    let result = run_inner(args, shutdown, ledger.clone(), restored, readiness).await;
+    // Whatever happened, keep what was acknowledged.
+    if let Err(e) = ledger.persist() {
+        tracing::error!(error = %e, "cannot write the final checkpoint");
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    result
+}
+
+async fn run_inner(
+    args: ShipArgs,
+    shutdown: Shutdown,
+    ledger: Arc<Ledger>,
+    restored: Vec<state::Entry>,
+    readiness: Readiness,
+) -> Result<(), Error> {
+    let ecs = match TaskMetadata::from_env().await {
+        Some(Ok(md)) => Some(md),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "no ECS task metadata; records go without ECS fields");
+            None
+        }
+        None => None,
+    };
+    let needs_aws = args
+        .outputs
+        .iter()
+        .any(|o| !matches!(o, OutputSpec::Stdout));
+    let sdk = if needs_aws {
+        Some(airside_core::aws::load(&AwsSettings::default()).await?)
+    } else {
+        None
+    };
+    let mut outputs = Vec::new();
+    for (index, spec) in args.outputs.iter().enumerate() {
+        let acker = Acker::new(ledger.clone(), index);
+        let out = match spec {
+            OutputSpec::Stdout => Some(Output::Stdout(output::stdout::StdoutOutput::new(acker))),
+            OutputSpec::Firehose { stream } => {
+                let client = aws_sdk_firehose::Client::new(sdk.as_ref().expect("loaded above"));
+                output::firehose::FirehoseOutput::connect(
+                    client,
+                    stream,
+                    args.firehose_record_size as usize,
+                    args.linger,
+                    acker,
+                    &shutdown,
+                )
+                .await?
+                .map(Output::Firehose)
+            }
+            OutputSpec::S3 { bucket, prefix } => {
+                let sdk = sdk.as_ref().expect("loaded above");
+                let conf = aws_sdk_s3::config::Builder::from(sdk)
+                    .force_path_style(airside_core::aws::use_path_style(sdk))
+                    .build();
+                let client = aws_sdk_s3::Client::from_conf(conf);
+                let settings = output::s3::S3Settings {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    template: args.s3_key_template.clone(),
+                    max_object_size: args.s3_max_object_size,
+                    max_object_age: args.s3_max_object_age,
+                    part_size: args.s3_part_size,
+                    host: host_name(ecs.as_ref()),
+                };
+                output::s3::S3Output::connect(client, settings, acker, &shutdown)
+                    .await?
+                    .map(Output::S3)
+            }
+        };
+        match out {
+            Some(o) => outputs.push(o),
+            None => {
+                tracing::info!("shutdown before the outputs were checked; nothing to do");
+                return Ok(());
+            }
+        }
+    }
+    readiness.set_ready();
+    tracing::info!(outputs = outputs.len(), paths = ?args.paths, "ready; following logs");
+
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for out in outputs {
+        let (tx, rx) = mpsc::channel(output::CHANNEL_CAPACITY);
+        senders.push(tx);
+        tasks.push(tokio::spawn(out.run(rx)));
+    }
+    let tailer = Tailer::new(
+        TailSettings {
+            globs: args.paths.clone(),
+            poll_interval: args.poll_interval,
+            no_watch: args.no_watch.clone(),
+            multiline_timeout: args.multiline_timeout,
+        },
+        ledger.clone(),
+        restored,
+        senders,
+        ecs,
+    )?;
+
+    let checkpointer_stop = Shutdown::new();
+    let checkpointer = tokio::spawn(checkpoint_loop(ledger.clone(), checkpointer_stop.clone()));
+
+    let tail_token = shutdown.clone();
+    let work = async move {
+        let tailed = tailer.run(tail_token).await;
+        // The tailer dropped its senders: outputs flush and end. Their errors say more
+        // than the tailer's "an output stopped".
+        let mut first_err: Option<Error> = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(Error::Output(e));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(Error::Internal(e.to_string()));
+                }
+            }
+        }
+        match (first_err, tailed) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(Error::Tail(e)),
+            (None, Ok(())) => Ok(()),
+        }
+    };
+    tokio::pin!(work);
+    let result = tokio::select! {
+        r = &mut work => r,
+        _ = shutdown.cancelled() => {
+            let started = Instant::now();
+            let r = match drain(args.shutdown_timeout, &mut work).await {
+                Ok(r) => r,
+                Err(t) => Err(Error::Drain(t)),
+            };
+            tracing::info!(took = ?started.elapsed(), ok = r.is_ok(), "drain finished");
+            r
+        }
+    };
+    checkpointer_stop.cancel();
+    let _ = checkpointer.await;
+    result
+}
+
+async fn checkpoint_loop(ledger: Arc<Ledger>, stop: Shutdown) {
+    let mut last_write = Instant::now();
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let l = ledger.clone();
+        match tokio::task::spawn_blocking(move || l.persist()).await {
+            Ok(Ok(true)) => {
+                last_write = Instant::now();
+                metrics::counter!("logship_checkpoint_writes_total").increment(1);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoints; will retry"),
+            Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
+        }
+        metrics::gauge!("logship_checkpoint_age_seconds").set(last_write.elapsed().as_secs_f64());
+    }
+}
