@@ -199,17 +199,36 @@ def _seconds(text):
     return int(m.group(1))
 
 
+DRAIN_VARIABLES = {
+    "dagsync": "DAGSYNC_SHUTDOWN_TIMEOUT",
+    "logship": "LOGSHIP_SHUTDOWN_TIMEOUT",
+    "metricship": "METRICSHIP_DRAIN_TIMEOUT",
+}
+
+
 @pytest.mark.parametrize("kind", TASKS)
 def test_stop_timeouts_cover_the_drains(kind):
     cs = containers(taskdef(kind))
     for c in cs.values():
         assert 2 <= c["stopTimeout"] <= 120  # Fargate's range
+    for name, variable in DRAIN_VARIABLES.items():
+        if name in cs:
+            # Set explicitly, so the daemon's own default cannot outgrow the stopTimeout.
+            drain = _seconds(env_of(cs[name])[variable])
+            assert cs[name]["stopTimeout"] >= drain + 5, f"{name}: SIGKILL before its drain ends"
     if "logship" in cs:
-        shutdown = _seconds(env_of(cs["logship"])["LOGSHIP_SHUTDOWN_TIMEOUT"])
-        assert cs["logship"]["stopTimeout"] >= shutdown + 5 >= 30
-    assert cs["dagsync"]["stopTimeout"] >= 10 + 5  # dagsync drains within ~10 s
-    if "metricship" in cs:
-        assert cs["metricship"]["stopTimeout"] >= 10
+        assert cs["logship"]["stopTimeout"] >= 30
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_sidecar_settings_are_the_daemons_own_variables(kind):
+    """Every variable a sidecar gets is one its CLI reads (a typo would be ignored)."""
+    for name, c in containers(taskdef(kind)).items():
+        if name not in SIDECARS:
+            continue
+        source = "".join(p.read_text() for p in (ROOT / "crates" / name / "src").rglob("*.rs"))
+        for variable in env_of(c):
+            assert f'env = "{variable}"' in source, f"{name} does not read {variable}"
 
 
 @pytest.mark.parametrize("kind", TASKS)
@@ -273,8 +292,7 @@ def test_metricship_and_workers_agree_on_concurrency_and_bounds():
     assert calls["airflow_tasks"]["max_workers"] == calls["worker_autoscaling"]["max_capacity"] == "${var.worker_max_count}"
     assert calls["airflow_tasks"]["min_workers"] == calls["worker_autoscaling"]["min_capacity"] == "${var.worker_min_count}"
     # The alarms select on the dimension metricship is told to publish.
-    command = containers(taskdef("scheduler"))["metricship"]["command"]
-    assert command == ["--dimension", "Environment=${environment}"]
+    assert metricship["METRICSHIP_DIMENSIONS"] == "Environment=${environment}"
     assert calls["worker_autoscaling"]["metric_dimensions"] == {"Environment": "${var.environment}"}
 
 
