@@ -1,0 +1,113 @@
+"""Measures full-sync and no-op cycles of dagsync and its peers; see RESULTS.md for the method."""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+RUNS = int(os.environ.get("RUNS", "5"))
+FILES = int(os.environ.get("FILES", "2000"))
+
+
+def start_moto():
+    p = subprocess.Popen(
+        [os.path.join(ROOT, ".venv/bin/python"), os.path.join(ROOT, "tests/support/moto_server.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    port = int(p.stdout.readline())
+    return p, f"http://127.0.0.1:{port}"
+
+
+def measure(cmd, env):
+    """Runs cmd; returns wall seconds, CPU seconds (user+sys) and peak RSS in MiB of the child."""
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - start
+    err = p.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+
+def tree_files(d):
+    n = 0
+    for _, dirs, files in os.walk(d):
+        dirs[:] = [x for x in dirs if x != ".dagsync"]
+        n += len(files)
+    return n
+
+
+def main():
+    moto, endpoint = start_moto()
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+               AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               RCLONE_CONFIG_MOTO_TYPE="s3", RCLONE_CONFIG_MOTO_PROVIDER="Other",
+               RCLONE_CONFIG_MOTO_ENDPOINT=endpoint, RCLONE_CONFIG_MOTO_ACCESS_KEY_ID="bench",
+               RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY="bench", RCLONE_CONFIG_MOTO_REGION="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")
+    s3.create_bucket(Bucket="bench")
+    # A DAG-shaped tree: 2,000 files of 1-16 KiB over 40 folders.
+    for i in range(FILES):
+        body = (f"# dag {i}\n" + "x = 1\n" * (200 + (i * 37) % 2500)).encode()
+        s3.put_object(Bucket="bench", Key=f"env/team{i % 8}/pkg{i % 5}/dag_{i:05}.py", Body=body)
+    tools = {
+        "dagsync --once": lambda d: [os.path.join(ROOT, "dist/dagsync"), "--once", "--source", "s3://bench/env/",
+                                     "--dest", d, "--log-level", "warn"],
+        "aws s3 sync --delete": lambda d: [os.path.join(ROOT, "bench/.venv/bin/aws"), "s3", "sync", "s3://bench/env/",
+                                           d, "--delete", "--only-show-errors"],
+        "rclone sync": lambda d: ["rclone", "sync", "moto:bench/env", d, "--quiet"],
+    }
+    results = {}
+    for name, cmd in tools.items():
+        full, noop = [], []
+        for _ in range(RUNS):
+            d = tempfile.mkdtemp(prefix="bench-dest-")
+            full.append(measure(cmd(d), env))
+            assert tree_files(d) == FILES, (name, tree_files(d))
+            noop.append(measure(cmd(d), env))
+            shutil.rmtree(d)
+        med = lambda xs, i: statistics.median(x[i] for x in xs)
+        results[name] = {
+            "full": {"wall_s": med(full, 0), "cpu_s": med(full, 1), "rss_mib": med(full, 2)},
+            "noop": {"wall_s": med(noop, 0), "cpu_s": med(noop, 1), "rss_mib": med(noop, 2)},
+        }
+        print(name, json.dumps(results[name]), file=sys.stderr)
+    # Idle daemon RSS: after its first sync, sleeping between cycles.
+    d = tempfile.mkdtemp(prefix="bench-idle-")
+    daemon = subprocess.Popen([os.path.join(ROOT, "dist/dagsync"), "--source", "s3://bench/env/", "--dest", d,
+                               "--admin-addr", "127.0.0.1:0", "--interval", "30s", "--log-level", "warn"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while tree_files(d) < FILES and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(5)
+    with open(f"/proc/{daemon.pid}/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+    daemon.terminate()
+    daemon.wait(timeout=20)
+    shutil.rmtree(d)
+    results["idle_rss_mib"] = rss
+    results["binary_mib"] = os.path.getsize(os.path.join(ROOT, "dist/dagsync")) / 1048576
+    moto.stdin.close()
+    moto.wait(timeout=10)
+    with open(os.path.join(ROOT, "bench/dagsync/results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print("| tool | full: wall s | full: CPU s | full: peak RSS MiB | no-op: wall s | no-op: CPU s | no-op: peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name in tools:
+        r = results[name]
+        print(f"| {name} | {r['full']['wall_s']:.2f} | {r['full']['cpu_s']:.2f} | {r['full']['rss_mib']:.1f} "
+              f"| {r['noop']['wall_s']:.2f} | {r['noop']['cpu_s']:.3f} | {r['noop']['rss_mib']:.1f} |")
+    print(f"\nidle daemon RSS: {rss:.1f} MiB; dist/dagsync: {results['binary_mib']:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
