@@ -5,6 +5,7 @@ this machine, so the Dockerfiles are checked as text here, checkov checks them t
 daemons' own tests."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,58 @@ def test_dockerignore_keeps_the_context_small():
     assert "*" in lines
     for needed in ("!Cargo.toml", "!Cargo.lock", "!crates/", "!scripts/build-static"):
         assert needed in lines
+
+
+def _context_files():
+    """The files `docker build .` sends, following .dockerignore's rules (last match wins)."""
+    import fnmatch
+
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rules.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
+
+    def included(rel):
+        keep = True
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        for negate, pattern in rules:
+            if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes):
+                keep = negate
+        return keep
+
+    import os
+
+    # Build outputs and tool caches are large and never in the context; don't walk them.
+    skip_dirs = {".git", "target", ".venv", "dist", "node_modules", ".demo"}
+    out = set()
+    for top, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip_dirs]
+        for name in names:
+            rel = (Path(top) / name).relative_to(ROOT).as_posix()
+            if included(rel):
+                out.add(rel)
+    return out
+
+
+def test_build_context_holds_the_whole_workspace_and_nothing_else():
+    files = _context_files()
+    assert {"Cargo.toml", "Cargo.lock", "scripts/build-static"} <= files
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "crates").rglob("*") if p.is_file() and "target" not in p.parts}
+    assert sources <= files, f"missing from the build context: {sorted(sources - files)[:5]}"
+    assert all(f.startswith("crates/") or f in ("Cargo.toml", "Cargo.lock", "scripts/build-static") for f in files)
+
+
+def test_crates_need_nothing_outside_the_build_context():
+    # Path dependencies and include_str!/include_bytes! must stay inside crates/, or the
+    # image build (which copies only crates/) would fail where scripts/build-static works.
+    crates = ROOT / "crates"
+    for manifest in [ROOT / "Cargo.toml", *crates.glob("*/Cargo.toml")]:
+        for rel in re.findall(r'path\s*=\s*"([^"]+)"', manifest.read_text()):
+            target = (manifest.parent / rel).resolve()
+            assert crates.resolve() in target.parents or target == crates.resolve(), f"{manifest}: {rel}"
+    for source in crates.glob("*/src/**/*.rs"):
+        for rel in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', source.read_text()):
+            target = (source.parent / rel).resolve()
+            assert crates.resolve() in target.parents, f"{source}: includes {rel}"
