@@ -10,10 +10,14 @@ import threading
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
+import moto_cbor  # beside this file: RPCv2 CBOR (current SDKs' CloudWatch) -> moto's JSON
+import moto_percentiles  # beside this file: pNN statistics in CloudWatch GetMetricData
+
 
 def main() -> None:
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
-    app = DomainDispatcherApplication(create_backend_app)
+    moto_percentiles.install()
+    app = moto_cbor.wrap(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

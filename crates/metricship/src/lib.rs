@@ -337,7 +337,8 @@ impl Daemon {
         let mut publisher = self.publisher.take();
         let fatal = tokio::select! {
             _ = self.shutdown.cancelled() => None,
-            e = self.fatal.recv() => e,
+            // All senders gone (the start check finished) disables this branch.
+            Some(e) = self.fatal.recv() => Some(e),
             r = async {
                 match &mut publisher {
                     Some((task, _)) => task.await,

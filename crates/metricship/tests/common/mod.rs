@@ -1,0 +1,108 @@
+//! Helpers shared by metricship's integration tests.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::Client;
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use metricship::Config;
+use metricship::ingest::Listen;
+
+/// A config for tests: loopback port 0 everywhere, fast flushes.
+pub fn test_config(namespace: &str, run_id: &str) -> Config {
+    let mut c = Config::defaults();
+    c.statsd_addr = Listen::Udp("127.0.0.1:0".parse().unwrap());
+    c.admin_addr = "127.0.0.1:0".parse().unwrap();
+    c.namespace = namespace.to_string();
+    c.flush_interval = Duration::from_secs(1);
+    c.freshness_window = Duration::from_secs(3);
+    // moto matches dimensions but not namespaces: a per-run dimension keeps tests apart.
+    c.dimensions = vec![("Run".into(), run_id.to_string())];
+    c.drain_timeout = Duration::from_secs(15);
+    c
+}
+
+/// Sends each packet as one UDP datagram.
+pub fn send(to: SocketAddr, packets: &[String]) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in packets {
+        s.send_to(p.as_bytes(), to).unwrap();
+    }
+}
+
+/// The values of one statistic over the last hour, one period covering it all.
+pub async fn stat(
+    cw: &Client,
+    namespace: &str,
+    name: &str,
+    dims: &[(&str, &str)],
+    stat: &str,
+    period: i32,
+) -> Vec<f64> {
+    let now = SystemTime::now();
+    let mut metric = Metric::builder().namespace(namespace).metric_name(name);
+    for (k, v) in dims {
+        metric = metric.dimensions(Dimension::builder().name(*k).value(*v).build());
+    }
+    let out = cw
+        .get_metric_data()
+        .metric_data_queries(
+            MetricDataQuery::builder()
+                .id("q")
+                .metric_stat(
+                    MetricStat::builder()
+                        .metric(metric.build())
+                        .period(period)
+                        .stat(stat)
+                        .build(),
+                )
+                .build(),
+        )
+        .start_time(DateTime::from(now - Duration::from_secs(1800)))
+        .end_time(DateTime::from(now + Duration::from_secs(600)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GetMetricData {name} {stat}: {e:?}"));
+    out.metric_data_results()
+        .first()
+        .map(|r| r.values().to_vec())
+        .unwrap_or_default()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `/metrics` of a running daemon.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let (status, body) = airside_core::healthcheck::get(admin, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    body
+}
+
+/// The value of one sample line (`name{labels} value`) on `/metrics`, if present.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok())?
+    })
+}
