@@ -201,7 +201,7 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     } else {
         airside_core::admin::install_metrics();
     }
-    let watch_rx = if config.watch {
+    let mut watch_rx = if config.watch {
         match &config.source {
             SourceSpec::Local(root) => Some(watch(root)?),
             SourceSpec::S3 { .. } => None,
@@ -209,7 +209,6 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     } else {
         None
     };
-    let mut watch_rx = watch_rx.map(|(w, rx)| (w, rx));
 
     let once = config.once;
     let dry_run = config.dry_run;

@@ -87,6 +87,14 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     // Every request goes through a transparent proxy so the test can count them.
     let proxy = FaultProxy::start(&moto().endpoint(), FaultPlan::none());
     let args = ["--once", "--source", &source, "--dest", &d];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        extra
+            .iter()
+            .copied()
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect()
+    };
     let (status, _, err) = run_once(&proxy.endpoint(), &args);
     assert!(status.success(), "{err}");
     assert_eq!(snapshot(dest.path()), expected_tree(&objects, "p/"));
@@ -108,18 +116,7 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     objects.remove("p/nested/c.py");
     delete(&s3, &bucket, "p/nested/deep/b.py").await;
     objects.remove("p/nested/deep/b.py");
-    let (status, _, err) = run_once(
-        &proxy.endpoint(),
-        &[
-            "--max-delete",
-            "2",
-            &args[0],
-            &args[1],
-            &args[2],
-            &args[3],
-            &args[4],
-        ],
-    );
+    let (status, _, err) = run_once(&proxy.endpoint(), &with(&["--max-delete", "2"]));
     assert!(status.success(), "{err}");
     let mut want = expected_tree(&objects, "p/");
     want.insert(
@@ -135,18 +132,7 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     std::fs::remove_dir_all(dest.path().join("nested/deep/__pycache__")).unwrap();
     delete(&s3, &bucket, "p/d.py").await;
     objects.remove("p/d.py");
-    let (status, _, err) = run_once(
-        &proxy.endpoint(),
-        &[
-            "--max-delete",
-            "1",
-            &args[0],
-            &args[1],
-            &args[2],
-            &args[3],
-            &args[4],
-        ],
-    );
+    let (status, _, err) = run_once(&proxy.endpoint(), &with(&["--max-delete", "1"]));
     assert!(status.success(), "{err}");
     assert!(!dest.path().join("d.py").exists());
 

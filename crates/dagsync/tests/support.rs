@@ -85,7 +85,10 @@ pub fn expected_tree(
 }
 
 /// Runs `dagsync` with `args` against `endpoint`; returns (status, stdout, stderr).
-pub fn run_once(endpoint: &str, args: &[&str]) -> (ExitStatus, String, String) {
+pub fn run_once<S: AsRef<std::ffi::OsStr>>(
+    endpoint: &str,
+    args: &[S],
+) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .envs(Moto::env_for(endpoint))
