@@ -403,3 +403,15 @@ def test_no_account_ids_or_secrets():
         assert not re.search(r"(?<![\d.])\d{12}(?![\d.])", text), f"{path} holds what looks like an account ID"
         assert not re.search(r"AKIA[0-9A-Z]{16}", text), f"{path} holds an access key"
         assert "aws_secret_access_key" not in text.lower()
+
+
+def test_for_each_keys_are_known_at_plan_time():
+    """for_each over IDs or ARNs passed in by the caller fails to plan when the caller
+    creates them in the same apply (unknown keys); count over their length does not.
+    The example's own subnet list comes from variables, so it may key a for_each."""
+    for path in tf_files():
+        for _, rtype, name, body in blocks("resource", path):
+            for_each = body.get("for_each", "")
+            if MODULES in path.parents:
+                assert not re.search(r"var\.\w*_(ids|arns)\b", str(for_each)), f"{path.name}: {rtype}.{name}"
+            assert not re.search(r"\b(aws_|module\.)\w*\.\w+\.(id|arn)\b", str(for_each)), f"{path.name}: {rtype}.{name}"

@@ -261,14 +261,14 @@ resource "aws_vpc_security_group_ingress_rule" "web_from_tasks" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "web_from_clients" {
-  for_each = toset(var.web_client_security_group_ids)
+  count = length(var.web_client_security_group_ids)
 
   security_group_id            = aws_security_group.tasks.id
-  description                  = "Airflow UI and API from ${each.value}"
+  description                  = "Airflow UI and API from a client security group"
   ip_protocol                  = "tcp"
   from_port                    = 8080
   to_port                      = 8080
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.web_client_security_group_ids[count.index]
 }
 
 module "endpoints" {

@@ -33,14 +33,16 @@ resource "aws_security_group" "endpoints" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "https_from_clients" {
-  for_each = toset(var.client_security_group_ids)
+  # count, not for_each: the IDs are usually those of security groups created in the same
+  # apply, unknown at plan time, while their number is known.
+  count = length(var.client_security_group_ids)
 
   security_group_id            = aws_security_group.endpoints.id
   description                  = "HTTPS from the Airflow tasks to the interface endpoints"
   ip_protocol                  = "tcp"
   from_port                    = 443
   to_port                      = 443
-  referenced_security_group_id = each.value
+  referenced_security_group_id = var.client_security_group_ids[count.index]
 }
 
 resource "aws_vpc_endpoint" "interface" {
