@@ -338,3 +338,28 @@ def test_render_taskdef_fills_every_placeholder_or_refuses(tmp_path, register_in
         td = json.loads(done.stdout)
         assert td == render(kind, SAMPLE)
         assert not validate(td, register_input_shape).has_errors()
+
+
+def _daemon_binary(name):
+    for directory in (ROOT / "dist", ROOT / "target" / "debug", ROOT / "target" / "x86_64-unknown-linux-gnu" / "release"):
+        if (directory / name).is_file():
+            return directory / name
+    pytest.fail(f"no {name} binary: run `DAEMONS={name} scripts/build-static` (scripts/test does)")
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_the_daemons_accept_their_task_definition_environment(kind):
+    """Runs each sidecar's health check command with the rendered container environment,
+    as ECS does: clap parses the daemon's whole environment there too, so a value the
+    daemon would reject (exit 2, usage) fails here instead of in a crash-looping task."""
+    for name, c in containers(render(kind, SAMPLE)).items():
+        if name not in SIDECARS:
+            continue
+        binary = _daemon_binary(name)
+        command = c["healthCheck"]["command"][1:]
+        assert command[0] == f"/usr/local/bin/{name}"
+        env = {"PATH": "/usr/bin:/bin", **env_of(c)}
+        result = subprocess.run([str(binary), *command[1:]], env=env, capture_output=True, text=True, timeout=30)
+        assert "invalid value" not in result.stderr and result.returncode != 2, f"{name}: {result.stderr}"
+        # Nothing listens on the admin port here (1: not ready); 0 only if something does.
+        assert result.returncode in (0, 1), f"{name}: exit {result.returncode}: {result.stderr}"
