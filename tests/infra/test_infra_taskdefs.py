@@ -155,6 +155,8 @@ def test_airflow_waits_for_its_sidecars(kind):
         if "metricship" in EXPECTED_SIDECARS[kind]:
             assert depends.pop("metricship") == "START"
         assert depends == {}
+        # Time for dagsync's first sync before ECS gives up (Fargate allows up to 120 s).
+        assert 60 <= airflow["startTimeout"] <= 120
 
 
 @pytest.mark.parametrize("kind", TASKS)
