@@ -116,7 +116,6 @@ struct Stream {
     partial: Vec<u8>,
     asm: Assembler,
     last_data: Instant,
-    last_fp_check: Instant,
     gone_since: Option<Instant>,
 }
 
@@ -192,6 +191,13 @@ fn fingerprint(file: &File, len: u64) -> Option<(u64, u32)> {
         None => return None,
     };
     Some((record::fnv1a(0, &head[..cover]), cover as u32))
+}
+
+/// Whether the file still starts with the fingerprinted bytes.
+fn same_start(file: &File, fp: u64, fp_len: u32) -> bool {
+    let mut head = [0u8; FINGERPRINT_BYTES];
+    let want = (fp_len as usize).min(FINGERPRINT_BYTES);
+    matches!(file.read_at(&mut head[..want], 0), Ok(n) if n == want && record::fnv1a(0, &head[..n]) == fp)
 }
 
 fn stream_id(dev: u64, ino: u64, fp: u64, generation: u32) -> u64 {
@@ -599,7 +605,6 @@ impl Tailer {
                 partial: Vec::new(),
                 asm: Assembler::default(),
                 last_data: now,
-                last_fp_check: now,
                 gone_since: None,
             },
         );
@@ -772,13 +777,6 @@ fn read_stream(
     if len < st.read_off {
         return Read::Truncated;
     }
-    if st.last_fp_check.elapsed() >= settings.poll_interval {
-        st.last_fp_check = Instant::now();
-        // Truncated and written past our offset again before we looked: the first line changed.
-        if fingerprint(file, len) != Some((st.fp, st.fp_len)) && len >= u64::from(st.fp_len) {
-            return Read::Truncated;
-        }
-    }
     if len == st.read_off {
         if st.asm.has_pending() && st.last_data.elapsed() >= settings.multiline_timeout {
             st.asm.flush(logicals);
@@ -796,6 +794,12 @@ fn read_stream(
     };
     if n == 0 {
         return Read::Nothing;
+    }
+    // Checked after the read: if the file was truncated and written past our offset
+    // again (copytruncate under fast writes), what we just read belongs to the new
+    // content; the first line tells.
+    if !same_start(file, st.fp, st.fp_len) {
+        return Read::Truncated;
     }
     st.read_off += n as u64;
     st.last_data = Instant::now();

@@ -1,0 +1,9 @@
+//! logship's integration tests: the real binary against moto, over real HTTP.
+//!
+//! One test binary (one moto server) with a module per concern.
+
+mod common;
+mod delivery;
+mod faults;
+mod lifecycle;
+mod rotation;
