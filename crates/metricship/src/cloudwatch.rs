@@ -72,7 +72,8 @@ pub fn batches(datums: Vec<Datum>) -> Vec<Vec<Datum>> {
 /// Batches waiting to be sent, bounded by a total number of datums.
 #[derive(Debug)]
 pub struct Backlog {
-    queue: VecDeque<Vec<Datum>>,
+    queue: VecDeque<(u64, Vec<Datum>)>,
+    next_seq: u64,
     datums: usize,
     max_datums: usize,
     /// Datums dropped because the backlog was full.
@@ -84,6 +85,7 @@ impl Backlog {
     pub fn new(max_datums: usize) -> Self {
         Self {
             queue: VecDeque::new(),
+            next_seq: 0,
             datums: 0,
             max_datums: max_datums.max(1),
             dropped: 0,
@@ -101,7 +103,7 @@ impl Backlog {
         }
         while self.datums + batch.len() > self.max_datums {
             match self.queue.pop_front() {
-                Some(old) => {
+                Some((_, old)) => {
                     self.datums -= old.len();
                     dropped += old.len() as u64;
                 }
@@ -109,19 +111,26 @@ impl Backlog {
             }
         }
         self.datums += batch.len();
-        self.queue.push_back(batch);
+        self.queue.push_back((self.next_seq, batch));
+        self.next_seq += 1;
         self.dropped += dropped;
         dropped
     }
 
-    /// A copy of the oldest batch (it stays queued until [`Backlog::pop_sent`]).
-    pub fn front(&self) -> Option<Vec<Datum>> {
+    /// A copy of the oldest batch with its sequence number (it stays queued until
+    /// [`Backlog::pop_sent`]).
+    pub fn front(&self) -> Option<(u64, Vec<Datum>)> {
         self.queue.front().cloned()
     }
 
-    /// Removes the oldest batch after it was sent (or given up on).
-    pub fn pop_sent(&mut self) -> Option<usize> {
-        let b = self.queue.pop_front()?;
+    /// Removes batch `seq` after it was sent (or given up on). A no-op when that batch
+    /// was already dropped to make room while it was in flight: the head is then a
+    /// different batch, which must not be discarded unsent.
+    pub fn pop_sent(&mut self, seq: u64) -> Option<usize> {
+        if self.queue.front()?.0 != seq {
+            return None;
+        }
+        let (_, b) = self.queue.pop_front()?;
         self.datums -= b.len();
         Some(b.len())
     }
@@ -237,7 +246,7 @@ impl Publisher {
         let mut denied: u32 = 0;
         loop {
             let batch = self.backlog.lock().expect("backlog lock").front();
-            let Some(batch) = batch else {
+            let Some((seq, batch)) = batch else {
                 if stop.is_cancelled() {
                     return Ok(());
                 }
@@ -260,7 +269,7 @@ impl Publisher {
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(_) => {
-                    self.backlog.lock().expect("backlog lock").pop_sent();
+                    self.backlog.lock().expect("backlog lock").pop_sent(seq);
                     metrics::counter!("metricship_cloudwatch_datums_sent_total")
                         .increment(batch.len() as u64);
                     metrics::counter!("metricship_cloudwatch_requests_total", "result" => "ok")
@@ -286,7 +295,7 @@ impl Publisher {
                         }
                         ErrorClass::Invalid | ErrorClass::NotFound => {
                             // Retrying the same request cannot succeed: drop it, loudly.
-                            self.backlog.lock().expect("backlog lock").pop_sent();
+                            self.backlog.lock().expect("backlog lock").pop_sent(seq);
                             metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "rejected")
                                 .increment(batch.len() as u64);
                             tracing::error!(datums = batch.len(), error = %message, "CloudWatch rejected a batch; dropped it");
@@ -360,12 +369,18 @@ mod tests {
         assert_eq!(b.push(vec![d("b", DatumValue::Single(1.0)); 2]), 0);
         assert_eq!(b.push(vec![d("c", DatumValue::Single(1.0)); 2]), 3);
         assert_eq!(b.datums(), 4);
-        assert_eq!(&*b.front().unwrap()[0].name, "b");
-        assert_eq!(b.pop_sent(), Some(2));
-        assert_eq!(&*b.front().unwrap()[0].name, "c");
+        let (seq_b, front) = b.front().unwrap();
+        assert_eq!(&*front[0].name, "b");
+        // "b" is in flight when a push drops it: its success must not pop "c".
+        assert_eq!(b.push(vec![d("c2", DatumValue::Single(1.0)); 2]), 2);
+        assert_eq!(b.pop_sent(seq_b), None);
+        let (seq_c, front) = b.front().unwrap();
+        assert_eq!(&*front[0].name, "c");
+        assert_eq!(b.pop_sent(seq_c), Some(2));
+        assert_eq!(b.pop_sent(seq_c), None);
         assert_eq!(b.push(vec![d("x", DatumValue::Single(1.0)); 9]), 6);
         assert_eq!(b.datums(), 5);
-        assert_eq!(b.dropped, 9);
+        assert_eq!(b.dropped, 11);
     }
 
     #[test]

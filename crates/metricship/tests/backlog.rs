@@ -1,0 +1,108 @@
+//! The bounded backlog: while CloudWatch is down, a full backlog drops the oldest
+//! batches (and counts them) and keeps the newest. Its own test binary, because the
+//! counters it asserts live in the process-wide metrics registry.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use airside_core::shutdown::Shutdown;
+use airside_testkit::{Fault, FaultPlan, FaultProxy, moto, unique_name};
+use common::*;
+use metricship::{Daemon, Output};
+
+async fn flushes(admin: std::net::SocketAddr) -> f64 {
+    sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_drops_the_oldest_and_counts_them() {
+    let moto = moto();
+    // A true outage: nothing reaches moto (no DropAfterForward, which lets requests through).
+    let proxy = FaultProxy::start(
+        &moto.endpoint(),
+        FaultPlan::only(
+            0.0,
+            &[
+                Fault::InternalError,
+                Fault::SlowDown,
+                Fault::Throttle,
+                Fault::DropBeforeForward,
+            ],
+        ),
+    );
+    let daemon_cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config_for(&proxy.endpoint()).await);
+    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+    let ns = unique_name("Airflow");
+    let run = unique_name("run");
+    let mut config = test_config(&ns, &run);
+    config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
+    config.backlog_datums = 3;
+    let shutdown = Shutdown::new();
+    let daemon = Daemon::start(config, Output::CloudWatch(daemon_cw), shutdown.clone())
+        .await
+        .unwrap();
+    let statsd = daemon.statsd_udp_addr();
+    let admin = daemon.admin_addr();
+    let waiter = tokio::spawn(daemon.wait());
+    eventually("readiness", Duration::from_secs(10), || async {
+        let (s, _) = airside_core::healthcheck::get(admin, "/readyz")
+            .await
+            .ok()?;
+        (s == 200).then_some(())
+    })
+    .await;
+    proxy.set_rate(1.0);
+    for i in 1..=6u32 {
+        let before = flushes(admin).await;
+        send(statsd, &[format!("airflow.executor.open_slots:{i}|g")]);
+        eventually("a flush", Duration::from_secs(5), || async {
+            (flushes(admin).await > before).then_some(())
+        })
+        .await;
+    }
+    proxy.set_rate(0.0);
+    let run_dim = [("Run", run.as_str())];
+    let got: BTreeSet<u32> = eventually(
+        "the newest flushes in CloudWatch",
+        Duration::from_secs(60),
+        || {
+            let (cw, ns) = (cw.clone(), ns.clone());
+            async move {
+                let values = stat(
+                    &cw,
+                    &ns,
+                    "airflow_executor_open_slots",
+                    &run_dim,
+                    "Maximum",
+                    1,
+                )
+                .await;
+                let got: BTreeSet<u32> = values.iter().map(|v| *v as u32).collect();
+                [4, 5, 6].iter().all(|v| got.contains(v)).then_some(got)
+            }
+        },
+    )
+    .await;
+    // The oldest went when the backlog (3 datums) overflowed; at most one of them can
+    // have been in flight when CloudWatch came back (that one is delivered, not lost).
+    let old_delivered = [1, 2, 3].iter().filter(|v| got.contains(v)).count();
+    assert!(old_delivered <= 1, "{got:?}");
+    let body = scrape(admin).await;
+    assert!(
+        sample(
+            &body,
+            "metricship_cloudwatch_datums_dropped_total{reason=\"backlog_full\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{body}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("daemon stopped in time")
+        .unwrap()
+        .unwrap();
+}

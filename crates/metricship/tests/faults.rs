@@ -1,0 +1,116 @@
+//! Fault injection on the CloudWatch path: throttling, 5xx and dropped connections
+//! (FaultProxy between metricship and moto), plus a full outage. No flush that fits
+//! in the backlog may be lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use airside_core::shutdown::Shutdown;
+use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
+use common::*;
+use metricship::{Daemon, Output};
+
+async fn flushes(admin: std::net::SocketAddr) -> f64 {
+    sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_flush_is_lost_through_faults_and_an_outage() {
+    let moto = moto();
+    let proxy = FaultProxy::start(&moto.endpoint(), FaultPlan::all(0.35));
+    // The daemon's client goes through the proxy; the verifying client goes straight to moto.
+    let daemon_cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config_for(&proxy.endpoint()).await);
+    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+    let ns = unique_name("Airflow");
+    let run = unique_name("run");
+    let mut config = test_config(&ns, &run);
+    config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
+    let shutdown = Shutdown::new();
+    let daemon = Daemon::start(config, Output::CloudWatch(daemon_cw), shutdown.clone())
+        .await
+        .unwrap();
+    let statsd = daemon.statsd_udp_addr();
+    let admin = daemon.admin_addr();
+    let waiter = tokio::spawn(daemon.wait());
+
+    // One distinct gauge value per flush interval: each flush is one identifiable datum.
+    let mut sent = BTreeSet::new();
+    for i in 1..=16u32 {
+        if i == 6 {
+            // Every request fails for several flushes (a fifth of them after reaching
+            // moto: DropAfterForward), so batches pile up in the backlog.
+            proxy.set_rate(1.0);
+        }
+        if i == 11 {
+            proxy.set_rate(0.35);
+        }
+        let before = flushes(admin).await;
+        send(
+            statsd,
+            &[format!("airflow.executor.open_slots:{}|g", i * 10)],
+        );
+        sent.insert(i * 10);
+        eventually("a flush", Duration::from_secs(5), || async {
+            (flushes(admin).await > before).then_some(())
+        })
+        .await;
+    }
+
+    let run_dim = [("Run", run.as_str())];
+    let got: BTreeSet<u32> =
+        eventually("every flush in CloudWatch", Duration::from_secs(60), || {
+            let (cw, ns, sent) = (cw.clone(), ns.clone(), sent.clone());
+            async move {
+                // One-second periods: each flush's datum is its own datapoint; duplicates
+                // (a request that took effect but whose answer was dropped) do not change Maximum.
+                let values = stat(
+                    &cw,
+                    &ns,
+                    "airflow_executor_open_slots",
+                    &run_dim,
+                    "Maximum",
+                    1,
+                )
+                .await;
+                let got: BTreeSet<u32> = values.iter().map(|v| *v as u32).collect();
+                sent.is_subset(&got).then_some(got)
+            }
+        })
+        .await;
+    assert_eq!(got, sent);
+
+    let injected = proxy.stats().injected_total();
+    assert!(injected > 0, "the proxy injected no fault");
+    let body = scrape(admin).await;
+    assert!(
+        sample(
+            &body,
+            "metricship_cloudwatch_errors_total{class=\"throttled\"}"
+        )
+        .unwrap_or(0.0)
+            + sample(
+                &body,
+                "metricship_cloudwatch_errors_total{class=\"transient\"}"
+            )
+            .unwrap_or(0.0)
+            > 0.0,
+        "no error was seen by the publisher: {body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "metricship_cloudwatch_datums_dropped_total{reason=\"backlog_full\"}"
+        ),
+        None,
+        "nothing may be dropped while the backlog has room"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("daemon stopped in time")
+        .unwrap()
+        .unwrap();
+}
