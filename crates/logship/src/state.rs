@@ -95,6 +95,7 @@ pub struct Ledger {
     dir: PathBuf,
     outputs: usize,
     inner: Mutex<Inner>,
+    committed: tokio::sync::Notify,
 }
 
 impl Ledger {
@@ -138,6 +139,7 @@ impl Ledger {
                 dir: dir.to_path_buf(),
                 outputs,
                 inner: Mutex::new(inner),
+                committed: tokio::sync::Notify::new(),
             },
             entries,
         ))
@@ -190,7 +192,14 @@ impl Ledger {
                 inner.files.remove(&id);
             }
             inner.dirty = true;
+            drop(inner);
+            self.committed.notify_one();
         }
+    }
+
+    /// Resolves when a committed offset advanced since the last call.
+    pub async fn advanced(&self) {
+        self.committed.notified().await;
     }
 
     /// The committed offset of file `id`.

@@ -91,7 +91,10 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("logship exited with {status} before ready:\n{}", self.stderr_text());
+                panic!(
+                    "logship exited with {status} before ready:\n{}",
+                    self.stderr_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -269,7 +272,13 @@ pub async fn all_objects(bucket: &str, prefix: &str) -> Vec<(String, Vec<Value>)
 pub fn assert_ordered_within(unit: &str, records: &[Value]) {
     let mut last: HashMap<String, (u64, u64)> = HashMap::new();
     for r in records {
-        let file = r["id"].as_str().unwrap().split('-').next().unwrap().to_string();
+        let file = r["id"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string();
         let offset = r["offset"].as_u64().unwrap();
         let part = r["part"].as_u64().unwrap_or(0);
         if let Some(&(o, p)) = last.get(&file) {
@@ -326,7 +335,9 @@ pub fn reconstruct(
         let mut pos = 0usize;
         for off in offsets {
             if off as usize != pos {
-                return Err(format!("{path}: expected a record at offset {pos}, next is at {off}"));
+                return Err(format!(
+                    "{path}: expected a record at offset {pos}, next is at {off}"
+                ));
             }
             let mut parts = recs[&off].clone();
             parts.sort_by_key(|v| v["part"].as_u64().unwrap_or(1));
@@ -338,8 +349,8 @@ pub fn reconstruct(
             let rest = &content[pos..];
             let first_line = rest.split('\n').next().unwrap();
             if first_line.starts_with('{') && r.get("source").is_none() {
-                let orig: serde_json::Map<String, Value> = serde_json::from_str(first_line)
-                    .map_err(|e| format!("{path}@{pos}: {e}"))?;
+                let orig: serde_json::Map<String, Value> =
+                    serde_json::from_str(first_line).map_err(|e| format!("{path}@{pos}: {e}"))?;
                 let mut rest_fields = orig.clone();
                 let ts = rest_fields.remove("timestamp");
                 let level = rest_fields.remove("level");
@@ -350,7 +361,9 @@ pub fn reconstruct(
                     || (!rest_fields.is_empty()
                         && r["fields"] != Value::Object(rest_fields.clone()))
                 {
-                    return Err(format!("{path}@{pos}: JSON line {first_line} arrived as {r}"));
+                    return Err(format!(
+                        "{path}@{pos}: JSON line {first_line} arrived as {r}"
+                    ));
                 }
                 pos += first_line.len() + 1;
                 continue;

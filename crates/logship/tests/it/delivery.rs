@@ -59,38 +59,53 @@ async fn airflow_tree_arrives_exactly_once_through_firehose_and_s3() {
     );
     std::fs::create_dir_all(live.parent().unwrap()).unwrap();
     let mut f = std::fs::File::create(&live).unwrap();
-    writeln!(f, "[2026-11-21T00:08:00.000+0000] {{load.py:10}} INFO - shard 2: Ünïcödé ✓").unwrap();
+    writeln!(
+        f,
+        "[2026-11-21T00:08:00.000+0000] {{load.py:10}} INFO - shard 2: Ünïcödé ✓"
+    )
+    .unwrap();
     f.flush().unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     write!(f, "[2026-11-21T00:08:01.000+0000] {{load.py:20}} ERROR - failed\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n").unwrap();
     f.flush().unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     writeln!(f, "    1/0\n    ~^~\nZeroDivisionError: division by zero").unwrap();
-    writeln!(f, "[2026-11-21T00:08:02.000+0000] {{load.py:30}} INFO - done").unwrap();
+    writeln!(
+        f,
+        "[2026-11-21T00:08:02.000+0000] {{load.py:30}} INFO - done"
+    )
+    .unwrap();
     drop(f);
 
     let files = read_logs(&root);
     assert_eq!(files.len(), 7);
     let fh = fh_bucket.clone();
     let files_c = files.clone();
-    eventually(Duration::from_secs(30), "every line through Firehose", || {
-        let fh = fh.clone();
-        let files = files_c.clone();
-        async move {
-            let recs: Vec<Value> = all_objects(&fh, "fh/")
-                .await
-                .into_iter()
-                .flat_map(|(_, r)| r)
-                .collect();
-            reconstruct(&files, &recs).is_ok()
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every line through Firehose",
+        || {
+            let fh = fh.clone();
+            let files = files_c.clone();
+            async move {
+                let recs: Vec<Value> = all_objects(&fh, "fh/")
+                    .await
+                    .into_iter()
+                    .flat_map(|(_, r)| r)
+                    .collect();
+                reconstruct(&files, &recs).is_ok()
+            }
+        },
+    )
     .await;
     d.sigterm();
     let status = d.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
 
-    for (name, bucket, prefix) in [("firehose", &fh_bucket, "fh/"), ("s3", &s3_bucket, "direct/")] {
+    for (name, bucket, prefix) in [
+        ("firehose", &fh_bucket, "fh/"),
+        ("s3", &s3_bucket, "direct/"),
+    ] {
         let objects = all_objects(bucket, prefix).await;
         assert!(!objects.is_empty(), "{name}: nothing arrived");
         let mut all = Vec::new();
@@ -109,12 +124,22 @@ async fn airflow_tree_arrives_exactly_once_through_firehose_and_s3() {
         }
         let r = reconstruct(&files, &all).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(r.duplicates, 0, "{name}: duplicates");
-        println!("{name}: {} records from {} files in {} objects, no duplicates", r.records, files.len(), objects.len());
+        println!(
+            "{name}: {} records from {} files in {} objects, no duplicates",
+            r.records,
+            files.len(),
+            objects.len()
+        );
 
         // Airflow fields, tracebacks as one record, non-ASCII text, JSON fields kept.
         let tb = all
             .iter()
-            .find(|r| r["message"].as_str().unwrap().starts_with("Task failed with exception"))
+            .find(|r| {
+                r["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Task failed with exception")
+            })
             .expect("traceback record");
         let msg = tb["message"].as_str().unwrap();
         assert!(msg.contains("~~~~~^^^^^^^^^^^^^^^^^^^"), "caret line kept");
@@ -190,7 +215,10 @@ async fn large_s3_objects_use_multipart_upload() {
     d.wait_ready().await;
     let d_admin = d.admin;
     eventually(Duration::from_secs(60), "all lines read", || async move {
-        let m = airside_core::healthcheck::get(d_admin, "/metrics").await.map(|r| r.1).unwrap_or_default();
+        let m = airside_core::healthcheck::get(d_admin, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
         metric_sum(&m, "logship_records_read_total") >= 70_000.0
     })
     .await;
@@ -213,7 +241,10 @@ async fn large_s3_objects_use_multipart_upload() {
     let files = HashMap::from([(path.display().to_string(), content)]);
     let r = reconstruct(&files, &recs).unwrap();
     assert_eq!((r.records, r.duplicates), (70_000, 0));
-    println!("multipart object {} ({etag}) holds all 70000 lines", keys[0]);
+    println!(
+        "multipart object {} ({etag}) holds all 70000 lines",
+        keys[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +289,14 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
     let l = lines.clone();
     eventually(Duration::from_secs(10), "polled lines", || {
         let l = l.clone();
-        async move { l.lock().unwrap().iter().filter(|x| x.contains("polled line")).count() == 5 }
+        async move {
+            l.lock()
+                .unwrap()
+                .iter()
+                .filter(|x| x.contains("polled line"))
+                .count()
+                == 5
+        }
     })
     .await;
     let m = d.metrics().await;
@@ -296,7 +334,8 @@ async fn static_binary_ships_from_an_empty_root() {
     let root = EmptyRoot::new(&dist_binary("logship"));
     let logs = root.mkdir("/logs/dag_id=empty/run_id=r/task_id=t");
     root.mkdir("/state");
-    let content = "[2026-11-22T06:00:00.000+0000] {x.py:1} INFO - from an empty root\nplain line ✓\n";
+    let content =
+        "[2026-11-22T06:00:00.000+0000] {x.py:1} INFO - from an empty root\nplain line ✓\n";
     std::fs::write(logs.join("attempt=1.log"), content).unwrap();
     let admin = free_addr();
     let mut cmd = root.command();
@@ -312,7 +351,10 @@ async fn static_binary_ships_from_an_empty_root() {
         "--linger",
         "100ms",
     ])
-    .env("AWS_ENDPOINT_URL", format!("http://localhost:{}", moto().port()))
+    .env(
+        "AWS_ENDPOINT_URL",
+        format!("http://localhost:{}", moto().port()),
+    )
     .env("AWS_ACCESS_KEY_ID", "testing")
     .env("AWS_SECRET_ACCESS_KEY", "testing")
     .env("AWS_REGION", "us-east-1")
@@ -329,16 +371,34 @@ async fn static_binary_ships_from_an_empty_root() {
         stdout_lines: None,
     };
     let b = bucket.clone();
-    eventually(Duration::from_secs(30), "records from the empty root", || {
-        let b = b.clone();
-        async move { all_objects(&b, "fh/").await.iter().map(|(_, r)| r.len()).sum::<usize>() >= 2 }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "records from the empty root",
+        || {
+            let b = b.clone();
+            async move {
+                all_objects(&b, "fh/")
+                    .await
+                    .iter()
+                    .map(|(_, r)| r.len())
+                    .sum::<usize>()
+                    >= 2
+            }
+        },
+    )
     .await;
     d.sigterm();
     let status = d.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
-    let recs: Vec<Value> = all_objects(&bucket, "fh/").await.into_iter().flat_map(|(_, r)| r).collect();
-    let files = HashMap::from([(s("/logs/dag_id=empty/run_id=r/task_id=t/attempt=1.log"), s(content))]);
+    let recs: Vec<Value> = all_objects(&bucket, "fh/")
+        .await
+        .into_iter()
+        .flat_map(|(_, r)| r)
+        .collect();
+    let files = HashMap::from([(
+        s("/logs/dag_id=empty/run_id=r/task_id=t/attempt=1.log"),
+        s(content),
+    )]);
     let r = reconstruct(&files, &recs).unwrap();
     assert_eq!((r.records, r.duplicates), (2, 0));
     assert!(root.path().join("state/checkpoints.json").exists());

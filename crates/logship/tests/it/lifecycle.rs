@@ -30,7 +30,11 @@ fn spawn_writer(
             .iter()
             .map(|p| {
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap();
                 (p.display().to_string(), f, 0)
             })
             .collect();
@@ -39,7 +43,11 @@ fn spawn_writer(
             let mut burst = Vec::new();
             for _ in 0..lines_per_burst {
                 for (path, f, off) in handles.iter_mut() {
-                    let text = format!("{} seq={seq:08} {}", path.rsplit('/').nth(1).unwrap(), "p".repeat((seq % 60) as usize));
+                    let text = format!(
+                        "{} seq={seq:08} {}",
+                        path.rsplit('/').nth(1).unwrap(),
+                        "p".repeat((seq % 60) as usize)
+                    );
                     let line = format!("{text}\n");
                     f.write_all(line.as_bytes()).unwrap();
                     let end = *off + line.len() as u64;
@@ -64,7 +72,12 @@ fn checkpoint(state_dir: &Path) -> HashMap<String, u64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["path"].as_str().unwrap().to_string(), e["offset"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -119,29 +132,36 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let expected: HashSet<String> = written.iter().map(|w| w.3.clone()).collect();
     let b = bucket.clone();
     let exp = expected.clone();
-    eventually(Duration::from_secs(90), "every line after the crashes", || {
-        let (b, exp) = (b.clone(), exp.clone());
-        async move {
-            let got: HashSet<String> = all_objects(&b, "fh/")
-                .await
-                .into_iter()
-                .flat_map(|(_, r)| r)
-                .map(|r| r["message"].as_str().unwrap().to_string())
-                .collect();
-            exp.is_subset(&got)
-        }
-    })
+    eventually(
+        Duration::from_secs(90),
+        "every line after the crashes",
+        || {
+            let (b, exp) = (b.clone(), exp.clone());
+            async move {
+                let got: HashSet<String> = all_objects(&b, "fh/")
+                    .await
+                    .into_iter()
+                    .flat_map(|(_, r)| r)
+                    .map(|r| r["message"].as_str().unwrap().to_string())
+                    .collect();
+                exp.is_subset(&got)
+            }
+        },
+    )
     .await;
     d.sigterm();
     let status = d.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
 
-    let objects: HashMap<String, Vec<Value>> = all_objects(&bucket, "fh/").await.into_iter().collect();
+    let objects: HashMap<String, Vec<Value>> =
+        all_objects(&bucket, "fh/").await.into_iter().collect();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for recs in objects.values() {
-        assert!(recs.len() > 0);
+        assert!(!recs.is_empty());
         for r in recs {
-            *seen.entry(r["message"].as_str().unwrap().to_string()).or_default() += 1;
+            *seen
+                .entry(r["message"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     let missing = expected.iter().filter(|l| !seen.contains_key(*l)).count();
@@ -175,7 +195,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
             for k in keys.difference(&previous) {
                 for r in &objects[k] {
                     let path = r["path"].as_str().unwrap();
-                    if prev_ckpt.get(path).is_some_and(|c| r["offset"].as_u64().unwrap() < *c) {
+                    if prev_ckpt
+                        .get(path)
+                        .is_some_and(|c| r["offset"].as_u64().unwrap() < *c)
+                    {
                         behind_checkpoint_resent += 1;
                     }
                 }
@@ -189,7 +212,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
         files.len(),
         seen.values().sum::<usize>(),
     );
-    assert_eq!(behind_checkpoint_resent, 0, "records before a checkpoint were sent again");
+    assert_eq!(
+        behind_checkpoint_resent, 0,
+        "records before a checkpoint were sent again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +227,16 @@ async fn sigterm_during_heavy_writing_delivers_every_line_written_before_it() {
     let files: Vec<PathBuf> = (0..2)
         .map(|i| root.join(format!("dag_id=busy/run_id=r/task_id=t{i}/attempt=1.log")))
         .collect();
-    let mut d = Daemon::start(&ship_args(&root, &stream, &state), &moto().endpoint(), tmp.path(), false);
+    let mut d = Daemon::start(
+        &ship_args(&root, &stream, &state),
+        &moto().endpoint(),
+        tmp.path(),
+        false,
+    );
     d.wait_ready().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let (writer, written) = spawn_writer(files.clone(), stop.clone(), 200, Duration::from_millis(5));
+    let (writer, written) =
+        spawn_writer(files.clone(), stop.clone(), 200, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Everything complete in the files at this moment must be delivered before exit.
     let before: Vec<Written> = written.lock().unwrap().clone();
@@ -228,5 +260,10 @@ async fn sigterm_during_heavy_writing_delivers_every_line_written_before_it() {
         missing.len()
     );
     assert!(before.len() > 10_000, "not heavy enough: {}", before.len());
-    assert!(missing.is_empty(), "lost {} lines, first {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "lost {} lines, first {:?}",
+        missing.len(),
+        missing.first()
+    );
 }

@@ -88,6 +88,7 @@ async fn rename_and_copytruncate_rotation_lose_and_repeat_nothing() {
     .await;
     // Give a repeated line the chance to show up before judging.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = d.metrics().await;
     d.sigterm();
     let status = d.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
@@ -102,9 +103,11 @@ async fn rename_and_copytruncate_rotation_lose_and_repeat_nothing() {
     for r in &recs {
         *count.entry(r["message"].as_str().unwrap()).or_default() += 1;
     }
-    let missing: Vec<&String> = expected.iter().filter(|l| !count.contains_key(l.as_str())).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|l| !count.contains_key(l.as_str()))
+        .collect();
     let repeated: Vec<(&&str, &usize)> = count.iter().filter(|(_, n)| **n > 1).collect();
-    let m = d.metrics().await;
     println!(
         "{} lines written with {} rename and {} copytruncate rotations; {} records, {} missing, {} repeated; {}",
         expected.len(),
@@ -113,9 +116,23 @@ async fn rename_and_copytruncate_rotation_lose_and_repeat_nothing() {
         recs.len(),
         missing.len(),
         repeated.len(),
-        m.lines().filter(|l| l.starts_with("logship_rotations_total")).collect::<Vec<_>>().join(", ")
+        m.lines()
+            .filter(|l| l.starts_with("logship_rotations_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    assert!(missing.is_empty(), "lost {} lines, first: {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(repeated.is_empty(), "repeated: {:?}", &repeated[..repeated.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "lost {} lines, first: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        repeated.is_empty(),
+        "repeated: {:?}",
+        &repeated[..repeated.len().min(5)]
+    );
     assert_eq!(recs.len(), expected.len());
+    // Every rotation was noticed as what it was.
+    assert!(metric_sum(&m, "logship_rotations_total") >= 10.0, "{m}");
 }
