@@ -1,0 +1,314 @@
+//! The real binary: healthcheck, EMF on stdout with a graceful SIGTERM, hostile
+//! senders, configuration errors, and the static binary in an empty root.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airside_testkit::{EmptyRoot, Moto, dist_binary, moto, unique_name};
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_metricship");
+
+/// Kills the child on every path out of a test.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_ready(admin: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = Command::new(BIN)
+            .args(["healthcheck", "--admin-addr", &admin.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("metricship exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "metricship not ready in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "metricship did not exit in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send_unix(path: &Path, packets: &[String]) {
+    let s = UnixDatagram::unbound().unwrap();
+    for p in packets {
+        s.send_to(p.as_bytes(), path).unwrap();
+    }
+}
+
+#[test]
+fn healthcheck_fails_without_a_daemon() {
+    let status = Command::new(BIN)
+        .args(["healthcheck", "--admin-addr", &free_port().to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn bad_configuration_exits_2() {
+    for args in [
+        vec!["--mapping", "/nonexistent/mapping.yaml", "--no-cloudwatch"],
+        vec![
+            "--min-workers",
+            "5",
+            "--max-workers",
+            "2",
+            "--no-cloudwatch",
+        ],
+        vec!["--flush-interval", "soon"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .args(["--admin-addr", &free_port().to_string()])
+            .args(["--statsd-addr", "127.0.0.1:0"])
+            .env("METRICSHIP_LOG_FORMAT", "text")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("statsd.sock");
+    let admin = free_port();
+    let mut child = Guard(
+        Command::new(BIN)
+            .args(["--emf", "--high-resolution", "--flush-interval", "1h"])
+            .args(["--statsd-addr", &format!("unix://{}", sock.display())])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--namespace", "AirflowDemo", "--dimension", "Cluster=test"])
+            .env("METRICSHIP_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(admin, &mut child.0);
+    send_unix(
+        &sock,
+        &[
+            "airflow.pool.queued_slots.default_pool:25|g".into(),
+            "airflow.executor.queued_tasks:25|g".into(),
+            "airflow.executor.running_tasks:8|g".into(),
+        ],
+    );
+    // Nothing is written before the interval ends (1h): SIGTERM must flush it.
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let find = |name: &str| {
+        docs.iter()
+            .find(|d| d.get(name).is_some())
+            .unwrap_or_else(|| panic!("{name} not in {stdout}"))
+    };
+    let q = find("celery.queue_depth");
+    assert_eq!(q["celery.queue_depth"], 25.0);
+    assert_eq!(q["Cluster"], "test");
+    let meta = &q["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(meta["Namespace"], "AirflowDemo");
+    assert_eq!(meta["Metrics"][0]["StorageResolution"], 1);
+    assert_eq!(find("TaskDemand")["TaskDemand"], 33.0);
+    assert_eq!(find("DesiredWorkers")["DesiredWorkers"], 3.0);
+}
+
+#[test]
+fn hostile_senders_cannot_crash_or_stall_it() {
+    let admin = free_port();
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let statsd_addr = statsd.local_addr().unwrap();
+    drop(statsd);
+    let mut child = Guard(
+        Command::new(BIN)
+            .args([
+                "--no-cloudwatch",
+                "--max-series",
+                "500",
+                "--flush-interval",
+                "1s",
+            ])
+            .args(["--statsd-addr", &statsd_addr.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(admin, &mut child.0);
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    for i in 0..2000 {
+        let n = (next() % 300) as usize;
+        packets.push((0..n).map(|_| next() as u8).collect());
+        // Cardinality attack: a new name every time.
+        packets.push(format!("attack.{i}.{}:1|c|#k:{}", next(), next()).into_bytes());
+    }
+    packets.push(vec![b'x'; 60_000]); // longer than a datagram buffer
+    packets.push(b"a:1|c\n".repeat(5000)[..30_000].to_vec());
+    packets.push(b"sets:x|s\n".repeat(3000)[..27_000].to_vec());
+    packets.push(b"a,=:1|c\n:|\n|||\n#:#\n@@\n_e{1,1}:a|b\n".to_vec());
+    for p in &packets {
+        let _ = sender.send_to(p, statsd_addr);
+    }
+    // Still alive, still answering, and counting what it refused.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = rt.block_on(async {
+        eventually("the attack counted", Duration::from_secs(10), || async {
+            let body = scrape(admin).await;
+            (sample(&body, "metricship_series_dropped_total")? > 0.0
+                && sample(&body, "metricship_lines_malformed_total")? > 100.0)
+                .then_some(body)
+        })
+        .await
+    });
+    assert!(child.0.try_wait().unwrap().is_none(), "metricship died");
+    assert!(
+        sample(&body, "metricship_live_series").unwrap() <= 500.0,
+        "{body}"
+    );
+    assert!(sample(&body, "metricship_packets_truncated_total").unwrap() >= 1.0);
+    sigterm(&child.0);
+    assert_eq!(
+        wait_exit(&mut child.0, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
+
+/// The static binary in an empty root (no libc files, no CA bundle, no shell) publishes
+/// to the emulator by name (`localhost`, resolved from /etc/hosts by hickory).
+#[test]
+fn static_binary_runs_in_an_empty_root() {
+    let moto = moto();
+    let root = EmptyRoot::new(&dist_binary("metricship"));
+    let admin = free_port();
+    let statsd = free_port();
+    let ns = unique_name("Airflow");
+    let run = unique_name("run");
+    let endpoint = format!("http://localhost:{}", moto.port());
+    let mut cmd = root.command();
+    cmd.args(["--flush-interval", "1s", "--namespace", &ns])
+        .args(["--dimension", &format!("Run={run}")])
+        .args(["--statsd-addr", &statsd.to_string()])
+        .args(["--admin-addr", &admin.to_string()])
+        .envs(Moto::env_for(&endpoint))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = Guard(cmd.spawn().unwrap());
+    wait_ready(admin, &mut child.0);
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender
+        .send_to(b"airflow.pool.queued_slots.default_pool:21|g", statsd)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
+        let v = eventually(
+            "QueueDepth from the empty root",
+            Duration::from_secs(20),
+            || {
+                let (cw, ns, run) = (cw.clone(), ns.clone(), run.clone());
+                async move {
+                    stat(
+                        &cw,
+                        &ns,
+                        "celery.queue_depth",
+                        &[("Run", run.as_str())],
+                        "Maximum",
+                        3600,
+                    )
+                    .await
+                    .first()
+                    .copied()
+                }
+            },
+        )
+        .await;
+        assert_eq!(v, 21.0);
+    });
+    assert_eq!(
+        root.files(),
+        vec!["etc/hosts", "etc/resolv.conf", "metricship"]
+    );
+    sigterm(&child.0);
+    assert_eq!(
+        wait_exit(&mut child.0, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
