@@ -81,7 +81,12 @@ impl EmptyRoot {
     /// A command that runs the binary chrooted into this root, with an empty environment
     /// (add what the test needs with `.env(..)`). Needs root, as CI and the dev machines have.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new("chroot");
+        // The child's environment is cleared, so find chroot(8) with the parent's PATH.
+        let chroot = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot", "/bin/chroot"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("chroot(8) not found (coreutils)");
+        let mut cmd = Command::new(chroot);
         cmd.arg(self.dir.path())
             .arg(format!("/{}", self.binary))
             .env_clear();
