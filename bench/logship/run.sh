@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# logship benchmark: tail → Firehose API on loopback, 200-byte Airflow 2 text lines.
+#
+#   bench/logship/run.sh                 # 1 GiB backlog (about a minute)
+#   MIB=256 bench/logship/run.sh
+#
+# logship (dist/logship, the static release build) is pinned to CPU 0 and the sink
+# (firehose_sink.py, a stand-in that accepts PutRecordBatch) to CPU 1, so "one core"
+# is literal. A backlog file is written first; the clock runs from logship's start
+# until the sink has counted every line. Also measured: CPU seconds used by logship,
+# peak RSS under that load (VmHWM), RSS when idle, and the size of dist/logship.
+# Prints Markdown rows; RESULTS.md holds a run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+here=bench/logship
+mib=${MIB:-1024}
+port=${PORT:-18443}
+admin=127.0.0.1:19401
+bin=${LOGSHIP_BIN:-dist/logship}
+[[ -x $bin ]] || DAEMONS=logship scripts/build-static >/dev/null
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+stat_lines() { curl -s "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lines"])'; }
+
+taskset -c 1 python3 "$here/firehose_sink.py" "$port" & pids+=($!)
+
+# The backlog: one Airflow task log of 200-byte lines (199 characters + newline).
+dir="$work/logs/dag_id=bench/run_id=r/task_id=t"
+mkdir -p "$dir"
+python3 - "$dir/attempt=1.log" "$mib" <<'PY'
+import sys
+path, mib = sys.argv[1], int(sys.argv[2])
+head = "[2026-11-22T06:00:00.123+0000] {taskinstance.py:1165} INFO - "
+with open(path, "w") as f:
+    block = []
+    for i in range(10000):
+        line = f"{head}task output {i:08d} "
+        line += "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] * (199 - len(line))
+        block.append(line + "\n")
+    block = "".join(block)
+    for _ in range(mib * 1024 * 1024 // len(block)):
+        f.write(block)
+PY
+bytes=$(stat -c %s "$dir/attempt=1.log")
+lines=$(wc -l < "$dir/attempt=1.log")
+sleep 0.5
+
+export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
+export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+start=$(date +%s.%N)
+taskset -c 0 "$bin" --path "$work/logs/**/*.log" --output firehose:bench \
+  --state-dir "$work/state" --admin-addr "$admin" --log-format json 2>"$work/logship.log" &
+pid=$!; pids+=($pid)
+while (( $(stat_lines) < lines )); do
+  kill -0 "$pid" 2>/dev/null || { cat "$work/logship.log"; exit 1; }
+  sleep 0.05
+done
+end=$(date +%s.%N)
+cpu=$(cpu_secs "$pid")
+peak=$(rss_kib "$pid" VmHWM)
+secs=$(python3 -c "print($end - $start)")
+sleep 5
+idle_loaded=$(rss_kib "$pid" VmRSS)
+kill -TERM "$pid"; wait "$pid" || true
+
+# Idle: a fresh process with nothing to ship.
+mkdir -p "$work/empty"
+taskset -c 0 "$bin" --path "$work/empty/**/*.log" --output firehose:bench \
+  --state-dir "$work/state2" --admin-addr "$admin" --log-format json 2>/dev/null &
+pid=$!; pids+=($pid)
+sleep 5
+idle=$(rss_kib "$pid" VmRSS)
+kill -TERM "$pid"; wait "$pid" || true
+
+python3 - "$bytes" "$lines" "$secs" "$cpu" "$peak" "$idle" "$idle_loaded" "$(stat -c %s "$bin")" <<'PY'
+import sys
+b, l, s, cpu, peak, idle, idle_after, size = sys.argv[1:]
+b, l, s, cpu = int(b), int(l), float(s), float(cpu)
+print(f"| input | {b / 2**20:.0f} MiB, {l:,} lines of 200 bytes |")
+print(f"| wall time, tail → sink acknowledged | {s:.2f} s |")
+print(f"| throughput | **{b / 2**20 / s:.1f} MiB/s**, **{l / s:,.0f} lines/s** |")
+print(f"| logship CPU | {cpu:.2f} s ({b / 2**20 / cpu:.1f} MiB per CPU-second) |")
+print(f"| peak RSS under load (VmHWM) | **{int(peak) / 1024:.1f} MiB** |")
+print(f"| RSS idle (fresh, nothing to ship) | **{int(idle) / 1024:.1f} MiB** |")
+print(f"| RSS idle after the load | {int(idle_after) / 1024:.1f} MiB |")
+print(f"| dist/logship size | **{int(size) / 2**20:.1f} MiB** |")
+PY
