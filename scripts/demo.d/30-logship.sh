@@ -9,8 +9,8 @@ mkdir -p "$ls_logs" && cp -R examples/logs/. "$ls_logs/"
 "$PY" - "$ls_bucket" "$ls_stream" <<'PYEOF'
 import os, sys, boto3
 bucket, stream = sys.argv[1:]
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-fh = boto3.client("firehose", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+fh = boto3.client("firehose", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 s3.create_bucket(Bucket=bucket)
 fh.create_delivery_stream(
     DeliveryStreamName=stream,
@@ -41,7 +41,7 @@ echo "logship stopped cleanly after SIGTERM (exit 0); checkpoints in $DEMO_DIR/l
 "$PY" - "$ls_bucket" "$ls_logs" <<'PYEOF'
 import collections, json, os, sys, boto3
 bucket, logs = sys.argv[1:]
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="task-logs/").get("Contents", [])]
 records = []
 for k in keys:
