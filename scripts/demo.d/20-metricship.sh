@@ -20,6 +20,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 "$AIRSIDE_BIN/metricship" healthcheck --admin-addr "$ms_admin"
+kill -0 "$ms_pid"   # ready, and it is this metricship that answered
 echo "metricship is ready (CloudWatch checked with ListMetrics)"
 
 echo "feeding an Airflow 3 scheduler's StatsD for 5s (legacy names on: the pool pair, both executor forms)"
@@ -50,7 +51,7 @@ sleep 3   # at least one 2s flush after the stream
 echo "reading the autoscaling metrics back from the emulator's CloudWatch:"
 "$PY" - <<'EOF'
 import datetime, os, boto3
-cw = boto3.client("cloudwatch", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+cw = boto3.client("cloudwatch", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 now = datetime.datetime.now(datetime.timezone.utc)
 expected = {"QueueDepth": 42, "celery.queue_depth": 42, "TaskDemand": 70, "DesiredWorkers": 5}
 queries = [
