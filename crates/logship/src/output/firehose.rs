@@ -63,6 +63,23 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.records.is_empty() && self.current.is_empty() && self.acks.is_empty()
     }
+
+    /// Whether a line of `len` bytes cannot join this batch without breaking a
+    /// PutRecordBatch limit, so the batch must be sent first.
+    fn is_full_for(&self, len: usize, record_size: usize) -> bool {
+        let joins_current = self.current.is_empty() || self.current.len() + len <= record_size;
+        let records_after = self.records.len() + if joins_current { 1 } else { 2 };
+        records_after > MAX_BATCH_RECORDS || self.bytes + self.current.len() + len > MAX_BATCH_BYTES
+    }
+
+    /// Adds one NDJSON line, packing it into the current Firehose record when it fits.
+    fn push(&mut self, line: &[u8], record_size: usize) {
+        if !self.current.is_empty() && self.current.len() + line.len() > record_size {
+            self.close_current();
+        }
+        self.current.extend_from_slice(line);
+        self.current_lines += 1;
+    }
 }
 
 impl FirehoseOutput {
@@ -128,18 +145,11 @@ impl FirehoseOutput {
     ) -> Result<(), OutputError> {
         batch.first_at.get_or_insert_with(Instant::now);
         for rec in chunk.records() {
-            if !batch.current.is_empty() && batch.current.len() + rec.len() > self.record_size {
-                batch.close_current();
-            }
-            let starts_record = batch.current.is_empty();
-            if (starts_record && batch.records.len() >= MAX_BATCH_RECORDS)
-                || batch.bytes + batch.current.len() + rec.len() > MAX_BATCH_BYTES
-            {
+            if batch.is_full_for(rec.len(), self.record_size) {
                 self.flush(batch, retrier).await?;
                 batch.first_at = Some(Instant::now());
             }
-            batch.current.extend_from_slice(rec);
-            batch.current_lines += 1;
+            batch.push(rec, self.record_size);
         }
         batch.acks.push((chunk.file, chunk.end));
         Ok(())
@@ -258,5 +268,89 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Packs lines the way the output does, sending (collecting) batches when full.
+    fn pack(lines: &[Vec<u8>], record_size: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut batch = Batch::default();
+        let mut sent = Vec::new();
+        for line in lines {
+            if batch.is_full_for(line.len(), record_size) {
+                batch.close_current();
+                sent.push(std::mem::take(&mut batch.records));
+                batch = Batch::default();
+            }
+            batch.push(line, record_size);
+        }
+        batch.close_current();
+        if !batch.records.is_empty() {
+            sent.push(batch.records);
+        }
+        sent
+    }
+
+    #[test]
+    fn small_lines_share_records_and_batches_cap_at_500_records() {
+        let lines: Vec<Vec<u8>> = (0..4000)
+            .map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
+            .collect();
+        let batches = pack(&lines, 24);
+        assert!(batches.len() >= 3, "{} batches", batches.len());
+        assert!(batches.iter().all(|b| b.len() <= MAX_BATCH_RECORDS));
+        assert_eq!(batches[0].len(), MAX_BATCH_RECORDS);
+        assert!(
+            batches[0]
+                .iter()
+                .all(|r| r.len() <= 24 && r.ends_with(b"\n"))
+        );
+        assert!(
+            batches[0]
+                .iter()
+                .any(|r| r.iter().filter(|&&c| c == b'\n').count() == 2)
+        );
+        let one = pack(&lines, 1_000_000);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].len(), 1, "everything fits one packed record");
+    }
+
+    proptest! {
+        #[test]
+        fn batches_respect_every_putrecordbatch_limit(
+            sizes in proptest::collection::vec(1usize..200_000, 1..300),
+            record_size in 1usize..=MAX_RECORD_BYTES,
+        ) {
+            let lines: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let mut l = vec![b'a' + (i % 26) as u8; *n - 1];
+                    l.push(b'\n');
+                    l
+                })
+                .collect();
+            let batches = pack(&lines, record_size);
+            let mut rebuilt = Vec::new();
+            for b in &batches {
+                prop_assert!(!b.is_empty());
+                prop_assert!(b.len() <= MAX_BATCH_RECORDS);
+                prop_assert!(b.iter().map(Vec::len).sum::<usize>() <= MAX_BATCH_BYTES);
+                for r in b {
+                    // A record over the packing size holds exactly one line.
+                    prop_assert!(r.len() <= record_size.max(200_000));
+                    prop_assert!(r.len() <= MAX_RECORD_BYTES);
+                    if r.len() > record_size {
+                        prop_assert_eq!(r.iter().filter(|&&c| c == b'\n').count(), 1);
+                    }
+                    rebuilt.extend_from_slice(r);
+                }
+            }
+            prop_assert_eq!(rebuilt, lines.concat());
+        }
     }
 }
