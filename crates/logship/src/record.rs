@@ -465,9 +465,17 @@ fn write_parts(
     out: &mut Vec<u8>,
     ends: &mut Vec<u32>,
 ) {
-    let parts = split_parts(message, PART_BYTES);
+    // Nearly every message fits one record: skip the split (and its allocation) then.
+    let single = [message];
+    let split;
+    let parts: &[&str] = if message.len() <= PART_BYTES {
+        &single
+    } else {
+        split = split_parts(message, PART_BYTES);
+        &split
+    };
     let n = parts.len();
-    for (i, part) in parts.into_iter().enumerate() {
+    for (i, &part) in parts.iter().enumerate() {
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(meta.id_hex.as_bytes());
         let _ = write!(VecWriter(out), "-{}", logical.offset);
