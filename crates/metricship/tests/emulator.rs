@@ -274,10 +274,11 @@ async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silen
         statsd,
         &["airflow.pool.queued_slots.default_pool:3|g".to_string()],
     );
-    eventually("the signal resumed", Duration::from_secs(15), || {
-        let count_now = count_now.clone();
-        async move { (count_now().await > before).then_some(()) }
-    })
+    eventually(
+        "the signal resumed",
+        Duration::from_secs(15),
+        || async move { (count_now().await > before).then_some(()) },
+    )
     .await;
 
     shutdown.cancel();
