@@ -22,7 +22,7 @@ pub mod stdout;
 
 /// Chunks waiting for one output. With chunks of at most 256 KiB of input this
 /// bounds what waits in memory per output to a few MiB.
-pub const CHANNEL_CAPACITY: usize = 8;
+pub const CHANNEL_CAPACITY: usize = 4;
 
 /// An output gave up.
 #[derive(Debug, thiserror::Error)]
