@@ -191,7 +191,7 @@ impl Source {
     }
 
     /// Fetches exactly the listed version of `obj` into `to` (a new file), verifies its size
-    /// (and MD5 where the ETag is one), sets its mtime and fsyncs it. Returns the bytes written.
+    /// (and MD5 where the ETag is one) and sets its mtime. Returns the bytes written.
     pub async fn fetch(&self, obj: &RemoteObject, to: &Path) -> Result<u64, SourceError> {
         match self {
             Source::S3 {
@@ -227,10 +227,11 @@ fn write_staged(to: &Path, data: &[u8], mtime: SystemTime) -> Result<(), SourceE
     finish_staged(&f, to, mtime)
 }
 
-/// Sets the object's LastModified as mtime and fsyncs, so the rename publishes durable bytes.
+/// Sets the object's LastModified as mtime. Durability comes from one `syncfs` per batch
+/// before anything is renamed into place ([`crate::staging::sync_filesystem`]), not from an
+/// fsync per file: on a 2,000-file sync, per-file fsyncs were 2,001 device flushes.
 fn finish_staged(f: &std::fs::File, to: &Path, mtime: SystemTime) -> Result<(), SourceError> {
-    f.set_modified(mtime).map_err(|e| SourceError::io(to, e))?;
-    f.sync_all().map_err(|e| SourceError::io(to, e))
+    f.set_modified(mtime).map_err(|e| SourceError::io(to, e))
 }
 
 fn check_size(obj: &RemoteObject, written: u64) -> Result<(), SourceError> {
@@ -367,15 +368,17 @@ async fn fetch_s3(
         message: format!("reading the body of {key}: {e}"),
     };
     if obj.size <= IN_MEMORY_MAX {
-        let data = body
-            .collect()
-            .await
-            .map_err(|e| body_error(&e))?
-            .into_bytes();
+        // One copy, into a buffer of the listed size.
+        let mut data = Vec::with_capacity(obj.size as usize);
+        let mut md5 = Md5::new();
+        while let Some(chunk) = body.try_next().await.map_err(|e| body_error(&e))? {
+            if check {
+                md5.update(&chunk);
+            }
+            data.extend_from_slice(&chunk);
+        }
         check_size(obj, data.len() as u64)?;
         if check {
-            let mut md5 = Md5::new();
-            md5.update(&data);
             check_md5(obj, md5)?;
         }
         let to = to.to_path_buf();

@@ -142,6 +142,14 @@ impl Staging {
     }
 }
 
+/// Flushes every staged file to stable storage with one `syncfs(2)` on the filesystem of
+/// `dir`, before a batch is renamed into place: a power loss after the renames then cannot
+/// leave empty or partial files at final paths. Blocking; call it off the async threads.
+pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    let dir = File::open(dir)?;
+    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -287,7 +287,19 @@ impl Syncer {
                 first,
             });
         }
-        // Every wanted object is staged now: hand the batch over in plan order.
+        if !self.staged.is_empty() {
+            // One flush for the whole batch (it can take a while on EFS): off the async thread.
+            let staging_dir = self.staging.dir().to_path_buf();
+            let synced =
+                tokio::task::spawn_blocking(move || crate::staging::sync_filesystem(&staging_dir))
+                    .await
+                    .expect("syncfs does not panic");
+            synced.map_err(|e| CycleError::Destination {
+                path: self.staging.dir().to_path_buf(),
+                detail: format!("flushing staged files: {e}"),
+            })?;
+        }
+        // Every wanted object is staged and durable now: hand the batch over in plan order.
         let batch = the_plan
             .fetch
             .iter()
