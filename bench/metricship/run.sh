@@ -95,14 +95,14 @@ header="| lines/s offered | lines sent | lines received | loss | CPU s | CPU s p
 
 echo "## machine"
 echo "nproc $(nproc), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), net.core.rmem_max $(cat /proc/sys/net/core/rmem_max)"
-echo "dist/metricship: $(stat -c %s "$bin" | awk '{printf "%.1f MiB", $1/1048576}')"
+echo "$bin: $(stat -c %s "$bin" | awk '{printf "%.1f MiB", $1/1048576}')"
 
 echo; echo "## metricship: RSS"
 start_metricship
 sleep 2
 echo "idle RSS: $(rss_kib "$ms") KiB"
-# ~100,000 series: 33,334 names each as gauge, counter and timer, plus 8 pools.
-taskset -c 1 "$gen" --target "127.0.0.1:$statsd_port" --rate 200000 --seconds 2 --series 33334 >/dev/null
+# ~100,000 series: 33,333 names each as gauge, counter and timer, plus 8 pools.
+taskset -c 1 "$gen" --target "127.0.0.1:$statsd_port" --rate 200000 --seconds 2 --series 33333 >/dev/null
 sleep 2
 echo "live series: $(metric metricship_live_series), RSS: $(rss_kib "$ms") KiB"
 curl -s "http://$admin/metrics" >/dev/null   # a scrape of all series
@@ -138,6 +138,6 @@ for r in $peer_single_rates; do step_peer "$r" ""; done
 echo; echo "## Etsy statsd: packed datagrams (1,400 bytes)"
 echo "$header"
 for r in $peer_packed_rates; do step_peer "$r" "--packed 1400"; done
-taskset -c 1 "$gen" --target "127.0.0.1:$peer_port" --rate 100000 --seconds 3 --series 33334 >/dev/null
+taskset -c 1 "$gen" --target "127.0.0.1:$peer_port" --rate 100000 --seconds 3 --series 33333 >/dev/null
 sleep 2
 echo; echo "Etsy statsd RSS after ~100,000 series: $(rss_kib "$peer") KiB"

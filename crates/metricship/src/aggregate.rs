@@ -12,6 +12,8 @@
 //! `ttl` without samples.
 
 use std::collections::{HashMap, HashSet};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -191,7 +193,8 @@ struct Observer {
     bucket_counts: Box<[f64]>,
     sum: f64,
     count: f64,
-    interval: Interval,
+    /// Only for series that go to CloudWatch (the others never need distinct values).
+    interval: Option<Box<Interval>>,
 }
 
 #[derive(Debug, Default)]
@@ -247,6 +250,9 @@ impl Interval {
     }
 }
 
+// The set is boxed on purpose: inline, its table header would make every series'
+// state (counters and gauges included) three times larger.
+#[allow(clippy::box_collection)]
 #[derive(Debug)]
 enum State {
     Counter {
@@ -258,7 +264,8 @@ enum State {
     },
     Observer(Box<Observer>),
     Set {
-        members: HashSet<Box<str>>,
+        // Boxed: sets are rare, and inline the table would double every series' size.
+        members: Box<HashSet<Box<str>>>,
         last: f64,
     },
 }
@@ -269,7 +276,8 @@ struct Series {
     help: Option<Arc<str>>,
     state: State,
     generation: u32,
-    last_seen: Instant,
+    /// Seconds since the aggregator started (4 bytes instead of an Instant's 16).
+    last_seen: u32,
     touched: bool,
     cloudwatch: bool,
 }
@@ -292,7 +300,8 @@ enum Resolved {
 #[derive(Debug, Clone)]
 struct CacheEntry {
     resolved: Resolved,
-    role: Option<Role>,
+    // Boxed: most lines have no role, and the cache has an entry per raw name.
+    role: Option<Box<Role>>,
 }
 
 /// Settings of the aggregation.
@@ -333,13 +342,13 @@ pub(crate) enum PromValue<'a> {
 pub struct Aggregator {
     mapper: Arc<Mapper>,
     settings: AggregatorSettings,
-    cache: HashMap<Box<[u8]>, CacheEntry>,
-    index: HashMap<Arc<SeriesId>, u32>,
+    cache: FastMap<Box<[u8]>, CacheEntry>,
+    index: FastMap<Arc<SeriesId>, u32>,
     slots: Vec<Option<Series>>,
     free: Vec<u32>,
     live: usize,
     epoch: u64,
-    names: HashSet<Arc<str>>,
+    started: Instant,
     key: Vec<u8>,
     /// Signal inputs, fed in the same pass.
     pub signal: SignalInputs,
@@ -353,13 +362,13 @@ impl Aggregator {
         Self {
             mapper,
             settings,
-            cache: HashMap::new(),
-            index: HashMap::new(),
+            cache: FastMap::default(),
+            index: FastMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
             epoch: 0,
-            names: HashSet::new(),
+            started: Instant::now(),
             key: Vec::with_capacity(256),
             signal: SignalInputs::default(),
             stats: IngestStats::default(),
@@ -446,20 +455,15 @@ impl Aggregator {
             Mapped::Ambiguous => Resolved::Ambiguous,
             Mapped::Keep(target) => self.series_for(target, line.kind, now),
         };
-        CacheEntry { resolved, role }
+        CacheEntry {
+            resolved,
+            role: role.map(Box::new),
+        }
     }
 
     fn series_for(&mut self, target: Target, kind: MetricType, now: Instant) -> Resolved {
-        let name = match self.names.get(target.name.as_str()) {
-            Some(n) => n.clone(),
-            None => {
-                let n: Arc<str> = target.name.as_str().into();
-                self.names.insert(n.clone());
-                n
-            }
-        };
         let id = SeriesId {
-            name,
+            name: target.name.as_str().into(),
             labels: target
                 .labels
                 .into_iter()
@@ -467,6 +471,7 @@ impl Aggregator {
                 .collect(),
         };
         let family = Family::of(kind);
+        let cloudwatch = self.settings.allowlist.allows(&id.name);
         if let Some(&slot) = self.index.get(&id) {
             let s = self.slots[slot as usize]
                 .as_ref()
@@ -497,7 +502,7 @@ impl Aggregator {
             },
             Family::Gauge => State::Gauge { value: 0.0 },
             Family::Set => State::Set {
-                members: HashSet::new(),
+                members: Box::default(),
                 last: 0.0,
             },
             Family::Observer => {
@@ -508,11 +513,10 @@ impl Aggregator {
                     buckets,
                     sum: 0.0,
                     count: 0.0,
-                    interval: Interval::default(),
+                    interval: cloudwatch.then(Box::default),
                 }))
             }
         };
-        let cloudwatch = self.settings.allowlist.allows(&id.name);
         let id = Arc::new(id);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -528,7 +532,7 @@ impl Aggregator {
             help: target.help,
             state,
             generation,
-            last_seen: now,
+            last_seen: self.secs(now),
             touched: false,
             cloudwatch,
         });
@@ -538,11 +542,16 @@ impl Aggregator {
         Resolved::Series { slot, generation }
     }
 
+    fn secs(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.started).as_secs()).unwrap_or(u32::MAX)
+    }
+
     fn apply(&mut self, slot: u32, line: &Line<'_>, now: Instant) {
+        let last_seen = self.secs(now);
         let Some(series) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        series.last_seen = now;
+        series.last_seen = last_seen;
         series.touched = true;
         let weight = 1.0 / line.rate;
         match &mut series.state {
@@ -571,7 +580,9 @@ impl Aggregator {
                     if let Some(i) = o.buckets.iter().position(|b| prom <= *b) {
                         o.bucket_counts[i] += weight;
                     }
-                    o.interval.observe(v, weight);
+                    if let Some(interval) = o.interval.as_mut() {
+                        interval.observe(v, weight);
+                    }
                 }
             }
             State::Set { members, .. } => {
@@ -587,6 +598,8 @@ impl Aggregator {
     pub fn flush(&mut self, now: Instant, at: SystemTime) -> Vec<Datum> {
         let mut out = Vec::new();
         let mut expired = Vec::new();
+        let now_secs = self.secs(now);
+        let ttl_secs = self.settings.ttl.as_secs();
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             let Some(series) = entry.as_mut() else {
                 continue;
@@ -600,7 +613,7 @@ impl Aggregator {
                     ),
                     State::Gauge { value } => (Some(DatumValue::Single(*value)), Unit::None),
                     State::Observer(o) => (
-                        o.interval.take(),
+                        o.interval.as_mut().and_then(|i| i.take()),
                         if o.millis {
                             Unit::Milliseconds
                         } else {
@@ -628,7 +641,7 @@ impl Aggregator {
                         timestamp: at,
                     });
                 }
-            } else if now.saturating_duration_since(series.last_seen) > self.settings.ttl {
+            } else if u64::from(now_secs.saturating_sub(series.last_seen)) > ttl_secs {
                 expired.push(slot);
             }
         }
@@ -643,10 +656,6 @@ impl Aggregator {
         if self.stats.series_expired > 0 {
             // Series were freed: cached cap refusals may now fit.
             self.epoch += 1;
-        }
-        // Forget metric names no series uses any more.
-        if self.names.len() > self.live {
-            self.names.retain(|n| Arc::strong_count(n) > 1);
         }
         out
     }

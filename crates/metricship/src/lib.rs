@@ -201,7 +201,12 @@ impl Daemon {
                 max_series: config.max_series,
                 ttl: config.series_ttl,
                 prefix: config.statsd_prefix.clone(),
-                allowlist: allowlist.clone(),
+                // Prometheus only: no series needs CloudWatch's interval values.
+                allowlist: if matches!(output, Output::None) {
+                    Allowlist::new(&[]).expect("an empty allowlist is valid")
+                } else {
+                    allowlist.clone()
+                },
             },
         )));
 

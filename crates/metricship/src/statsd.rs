@@ -95,6 +95,10 @@ pub struct Line<'a> {
     pub kind: MetricType,
     /// The value text (one or more `:`-separated values; a set member as is). Validated.
     pub values: &'a str,
+    /// The value when there is exactly one (0 for sets and multi-value lines).
+    pub value: f64,
+    /// Whether `values` holds several `:`-separated values.
+    pub multi: bool,
     /// The sample rate, 1.0 when absent.
     pub rate: f64,
     /// Influx-style tags (`k=v,k2=v2`) from the name, when present.
@@ -116,16 +120,23 @@ impl<'a> Line<'a> {
     /// The numeric samples (not for sets). Values were validated by [`parse_line`].
     pub fn samples(&self) -> impl Iterator<Item = Sample> + 'a {
         let kind = self.kind;
-        self.values.split(':').filter_map(move |v| {
-            let n = parse_number(v)?;
-            Some(
-                if kind == MetricType::Gauge && (v.starts_with('+') || v.starts_with('-')) {
-                    Sample::Delta(n)
-                } else {
-                    Sample::Value(n)
-                },
-            )
-        })
+        let to_sample = move |text: &str, n: f64| {
+            if kind == MetricType::Gauge && (text.starts_with('+') || text.starts_with('-')) {
+                Sample::Delta(n)
+            } else {
+                Sample::Value(n)
+            }
+        };
+        // The common single value was parsed once, by parse_line.
+        let single =
+            (!self.multi && kind != MetricType::Set).then(|| to_sample(self.values, self.value));
+        let multi = self
+            .multi
+            .then(|| self.values.split(':'))
+            .into_iter()
+            .flatten()
+            .filter_map(move |v| Some(to_sample(v, parse_number(v)?)));
+        single.into_iter().chain(multi)
     }
 
     /// All tags, Influx-style first, then DogStatsD; bare DogStatsD tags (`#flag`) are skipped.
@@ -209,12 +220,18 @@ pub fn parse_line(raw: &[u8]) -> Result<Line<'_>, ParseError> {
     if values.is_empty() {
         return Err(ParseError::BadValue);
     }
+    let multi = kind != MetricType::Set && values.contains(':');
+    let mut value = 0.0;
     if kind == MetricType::Set {
         if values.bytes().any(|b| b < 0x20) {
             return Err(ParseError::BadValue);
         }
-    } else if values.split(':').any(|v| parse_number(v).is_none()) {
-        return Err(ParseError::BadValue);
+    } else if multi {
+        if values.split(':').any(|v| parse_number(v).is_none()) {
+            return Err(ParseError::BadValue);
+        }
+    } else {
+        value = parse_number(values).ok_or(ParseError::BadValue)?;
     }
     let mut rate = 1.0;
     let mut dog_tags = None;
@@ -238,6 +255,8 @@ pub fn parse_line(raw: &[u8]) -> Result<Line<'_>, ParseError> {
         name,
         kind,
         values,
+        value,
+        multi,
         rate,
         influx_tags,
         dog_tags,
