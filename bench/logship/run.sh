@@ -5,8 +5,8 @@
 #   MIB=256 bench/logship/run.sh
 #
 # logship (dist/logship, the static release build) is pinned to CPU 0 and the sink
-# (firehose_sink.py, a stand-in that accepts PutRecordBatch) to CPU 1, so "one core"
-# is literal. A backlog file is written first; the clock runs from logship's start
+# (firehose_sink.rs, a Rust stand-in that accepts PutRecordBatch, built as the logship
+# crate's `firehose_sink` example) to CPU 1, so "one core" is literal. A backlog file is written first; the clock runs from logship's start
 # until the sink has counted every line. Also measured: CPU seconds used by logship,
 # peak RSS under that load (VmHWM), RSS when idle, and the size of dist/logship.
 # Prints Markdown rows; RESULTS.md holds a run.
@@ -18,6 +18,8 @@ port=${PORT:-18443}
 admin=127.0.0.1:19401
 bin=${LOGSHIP_BIN:-dist/logship}
 [[ -x $bin ]] || DAEMONS=logship scripts/build-static >/dev/null
+cargo build --quiet --release -p logship --example firehose_sink
+sink=target/release/examples/firehose_sink
 
 work=$(mktemp -d)
 pids=()
@@ -28,7 +30,7 @@ rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 stat_lines() { curl -s "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lines"])'; }
 
-taskset -c 1 python3 "$here/firehose_sink.py" "$port" & pids+=($!)
+taskset -c 1 "$sink" "$port" & pids+=($!)
 
 # The backlog: one Airflow task log of 200-byte lines (199 characters + newline).
 dir="$work/logs/dag_id=bench/run_id=r/task_id=t"
@@ -69,6 +71,19 @@ sleep 5
 idle_loaded=$(rss_kib "$pid" VmRSS)
 kill -TERM "$pid"; wait "$pid" || true
 
+# The same backlog to stdout (→ /dev/null): tailing, parsing and encoding without the
+# Firehose client (base64, JSON, SigV4 hashing, HTTP), to show where the CPU goes.
+taskset -c 0 "$bin" --path "$work/logs/**/*.log" --output stdout \
+  --state-dir "$work/state3" --admin-addr "$admin" --log-format json 2>/dev/null >/dev/null &
+pid=$!; pids+=($pid)
+sent() { curl -s "http://$admin/metrics" | awk '$1 ~ /^logship_records_sent_total/ {print $2; f=1} END {if (!f) print 0}'; }
+s0=$(date +%s.%N)
+while (( $(sent) < lines )); do sleep 0.05; done
+s1=$(date +%s.%N)
+stdout_cpu=$(cpu_secs "$pid")
+stdout_secs=$(python3 -c "print($s1 - $s0)")
+kill -TERM "$pid"; wait "$pid" || true
+
 # Idle: a fresh process with nothing to ship.
 mkdir -p "$work/empty"
 taskset -c 0 "$bin" --path "$work/empty/**/*.log" --output firehose:bench \
@@ -78,10 +93,10 @@ sleep 5
 idle=$(rss_kib "$pid" VmRSS)
 kill -TERM "$pid"; wait "$pid" || true
 
-python3 - "$bytes" "$lines" "$secs" "$cpu" "$peak" "$idle" "$idle_loaded" "$(stat -c %s "$bin")" <<'PY'
+python3 - "$bytes" "$lines" "$secs" "$cpu" "$peak" "$idle" "$idle_loaded" "$(stat -c %s "$bin")" "$stdout_secs" "$stdout_cpu" "$(cat /proc/loadavg)" <<'PY'
 import sys
-b, l, s, cpu, peak, idle, idle_after, size = sys.argv[1:]
-b, l, s, cpu = int(b), int(l), float(s), float(cpu)
+b, l, s, cpu, peak, idle, idle_after, size, ss, scpu, load = sys.argv[1:]
+b, l, s, cpu, ss, scpu = int(b), int(l), float(s), float(cpu), float(ss), float(scpu)
 print(f"| input | {b / 2**20:.0f} MiB, {l:,} lines of 200 bytes |")
 print(f"| wall time, tail → sink acknowledged | {s:.2f} s |")
 print(f"| throughput | **{b / 2**20 / s:.1f} MiB/s**, **{l / s:,.0f} lines/s** |")
@@ -90,4 +105,6 @@ print(f"| peak RSS under load (VmHWM) | **{int(peak) / 1024:.1f} MiB** |")
 print(f"| RSS idle (fresh, nothing to ship) | **{int(idle) / 1024:.1f} MiB** |")
 print(f"| RSS idle after the load | {int(idle_after) / 1024:.1f} MiB |")
 print(f"| dist/logship size | **{int(size) / 2**20:.1f} MiB** |")
+print(f"| same backlog to stdout (no Firehose client): wall, CPU | {ss:.2f} s ({b / 2**20 / ss:.1f} MiB/s), {scpu:.2f} s ({b / 2**20 / scpu:.1f} MiB per CPU-second) |")
+print(f"| load average at the end (other work on the machine) | {load.split()[0]} |")
 PY
