@@ -52,7 +52,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if target.ends_with("DescribeDeliveryStream") {
         let name = doc["DeliveryStreamName"].as_str().unwrap_or("bench");
@@ -69,17 +74,21 @@ async fn handle(
     let records = doc["Records"].as_array().cloned().unwrap_or_default();
     let (mut lines, mut bytes) = (0u64, 0u64);
     for r in &records {
-        let data = aws_smithy_types::base64::decode(r["Data"].as_str().unwrap_or(""))
-            .unwrap_or_default();
+        let data =
+            aws_smithy_types::base64::decode(r["Data"].as_str().unwrap_or("")).unwrap_or_default();
         bytes += data.len() as u64;
         lines += data.iter().filter(|&&b| b == b'\n').count() as u64;
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+    stats
+        .records
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
     stats.lines.fetch_add(lines, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
     let answers: Vec<Value> = records.iter().map(|_| json!({"RecordId": "r"})).collect();
-    Ok(reply(json!({"FailedPutCount": 0, "Encrypted": false, "RequestResponses": answers})))
+    Ok(reply(
+        json!({"FailedPutCount": 0, "Encrypted": false, "RequestResponses": answers}),
+    ))
 }
 
 #[tokio::main(flavor = "current_thread")]
