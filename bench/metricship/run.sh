@@ -21,8 +21,9 @@ admin=127.0.0.1:19402
 peer_port=18126
 peer_mgmt=18127
 
-cargo build --quiet --release -p metricship --example loadgen
 gen=target/release/examples/loadgen
+# NO_BUILD=1 reuses an existing build (when another build holds cargo's lock).
+[[ -n ${NO_BUILD:-} && -x $gen ]] || cargo build --quiet --release -p metricship --example loadgen
 bin=${METRICSHIP_BIN:-dist/metricship}
 if [[ ! -x $bin ]]; then
   DAEMONS=metricship scripts/build-static >/dev/null
