@@ -82,10 +82,15 @@ impl EmptyRoot {
     /// (add what the test needs with `.env(..)`). Needs root, as CI and the dev machines have.
     pub fn command(&self) -> Command {
         // The child's environment is cleared, so find chroot(8) with the parent's PATH.
-        let chroot = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot", "/bin/chroot"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("chroot(8) not found (coreutils)");
+        let chroot = [
+            "/usr/sbin/chroot",
+            "/usr/bin/chroot",
+            "/sbin/chroot",
+            "/bin/chroot",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chroot(8) not found (coreutils)");
         let mut cmd = Command::new(chroot);
         cmd.arg(self.dir.path())
             .arg(format!("/{}", self.binary))
