@@ -5,7 +5,7 @@
 #   MIB=256 bench/logship/run.sh
 #
 # logship (dist/logship, the static release build) is pinned to CPU 0 and the sink
-# (firehose_sink.rs, a Rust stand-in that accepts PutRecordBatch, built as the logship
+# (crates/logship/examples/firehose_sink.rs, a Rust stand-in that accepts PutRecordBatch, built as the logship
 # crate's `firehose_sink` example) to CPU 1, so "one core" is literal. A backlog file is written first; the clock runs from logship's start
 # until the sink has counted every line. Also measured: CPU seconds used by logship,
 # peak RSS under that load (VmHWM), RSS when idle, and the size of dist/logship.
