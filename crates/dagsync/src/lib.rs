@@ -314,6 +314,8 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
                     .min(cadence.max_staleness())
             }
         };
+        // Idle until the next cycle with only the memory the idle loop needs resident.
+        airside_core::memory::release();
         // Sleep until the next cycle, a shutdown, or (with --watch) a change in the source.
         match watch_rx.as_mut() {
             Some((_watcher, rx)) => {

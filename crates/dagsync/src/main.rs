@@ -7,6 +7,7 @@ use dagsync::{Cli, Command, Config};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init_tracing();
+    airside_core::memory::init();
     // One async thread: dagsync's work is I/O-bound and a sidecar should be cheap. A
     // multi-threaded scheduler cost ~13 futex calls per downloaded file in cross-thread
     // wake-ups. Blocking file work runs on the blocking pool, which idles back to zero.

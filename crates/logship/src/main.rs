@@ -7,6 +7,7 @@ use logship::config::{Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init_tracing();
+    airside_core::memory::init();
     match cli.command {
         Some(Command::Healthcheck {
             admin_addr,

@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
             .into();
     }
     cli.log.init_tracing();
+    airside_core::memory::init();
     finish(runtime.block_on(async move {
         let shutdown = airside_core::shutdown::on_signals();
         let output = metricship::output_for(&cli.config).await?;
