@@ -393,14 +393,41 @@ fn error_response(style: ErrorStyle, status: StatusCode, code: &str) -> Response
             .body(Full::new(Bytes::from(format!(
                 "{{\"__type\":\"{code}\",\"message\":\"injected by the fault proxy\"}}"
             )))),
-        // RPCv2 CBOR errors need a CBOR body; the status alone is enough for the SDK's
-        // retry classifier, so send 503 with no body.
+        // Access denied must be readable as such, so it gets a real RPCv2 CBOR error body
+        // (and the awsQuery-compatible header CloudWatch sends). For the transient faults
+        // the status alone is enough for the SDK's retry classifier: 503 with no body.
+        ErrorStyle::Cbor if status == StatusCode::FORBIDDEN => builder
+            .header("smithy-protocol", "rpc-v2-cbor")
+            .header("content-type", "application/cbor")
+            .header("x-amzn-query-error", format!("{code};Sender"))
+            .body(Full::new(Bytes::from(cbor_error_body(code)))),
         ErrorStyle::Cbor => Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header("smithy-protocol", "rpc-v2-cbor")
             .body(Full::new(Bytes::new())),
     };
     resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// `{"__type": code, "message": "injected by the fault proxy"}` in CBOR (RFC 8949): a map
+/// of two text-string pairs, which is all an RPCv2 CBOR error body needs.
+fn cbor_error_body(code: &str) -> Vec<u8> {
+    fn text(out: &mut Vec<u8>, s: &str) {
+        // Major type 3 (text string); lengths below 256 are all this needs.
+        let len = s.len().min(255);
+        if len < 24 {
+            out.push(0x60 | len as u8);
+        } else {
+            out.extend_from_slice(&[0x78, len as u8]);
+        }
+        out.extend_from_slice(&s.as_bytes()[..len]);
+    }
+    let mut out = vec![0xa2]; // major type 5 (map), two pairs
+    text(&mut out, "__type");
+    text(&mut out, code);
+    text(&mut out, "message");
+    text(&mut out, "injected by the fault proxy");
+    out
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airside_testkit::{EmptyRoot, Moto, dist_binary, moto, unique_name};
+use airside_testkit::{
+    EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, moto, unique_name,
+};
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_metricship");
@@ -310,5 +312,79 @@ fn static_binary_runs_in_an_empty_root() {
     assert_eq!(
         wait_exit(&mut child.0, Duration::from_secs(20)).code(),
         Some(0)
+    );
+}
+
+/// Exit code 3: access denied, after retries — both when the start check (ListMetrics) is
+/// refused and when CloudWatch starts refusing PutMetricData while the daemon runs. Every
+/// request goes through a fault proxy that answers AccessDenied.
+#[test]
+fn access_denied_exits_3_after_retries() {
+    let moto = moto();
+    let run_until_exit = |proxy: &FaultProxy, deny_after_ready: bool| {
+        let admin = free_port();
+        let statsd = free_port();
+        let mut child = Guard(
+            Command::new(BIN)
+                .args(["--flush-interval", "1s", "--namespace", "AirflowDenied"])
+                .args(["--statsd-addr", &statsd.to_string()])
+                .args(["--admin-addr", &admin.to_string()])
+                .envs(Moto::env_for(&proxy.endpoint()))
+                .env("METRICSHIP_LOG_FORMAT", "json")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        if deny_after_ready {
+            wait_ready(admin, &mut child.0);
+            proxy.set_rate(1.0);
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender
+                .send_to(b"airflow.pool.queued_slots.default_pool:7|g", statsd)
+                .unwrap();
+        }
+        let status = wait_exit(&mut child.0, Duration::from_secs(60));
+        let mut stderr = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    };
+
+    // Refused from the first request: the start check retries, then gives up.
+    let proxy = FaultProxy::start(
+        &moto.endpoint(),
+        FaultPlan::only(1.0, &[Fault::AccessDenied]),
+    );
+    let (status, err) = run_until_exit(&proxy, false);
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert!(err.contains("\"exit_code\":3"), "{err}");
+    assert!(
+        err.matches("CloudWatch check failed; retrying").count() >= 4,
+        "retried before giving up: {err}"
+    );
+    assert!(proxy.stats().injected(Fault::AccessDenied) >= 5);
+
+    // Allowed at start, refused once running: PutMetricData is retried, then exit 3.
+    let proxy = FaultProxy::start(
+        &moto.endpoint(),
+        FaultPlan::only(0.0, &[Fault::AccessDenied]),
+    );
+    let (status, err) = run_until_exit(&proxy, true);
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("CloudWatch denied access after 5 attempts"),
+        "{err}"
+    );
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert!(
+        err.matches("PutMetricData failed; retrying").count() >= 4,
+        "retried before giving up: {err}"
     );
 }
