@@ -3,16 +3,20 @@
 //! `/healthz` answers 200 while the process is alive and serving; `/readyz`
 //! reflects the daemon's own [`Readiness`] (for dagsync: a recent successful
 //! sync; for sinks: the destination checked at start); `/metrics` renders the
-//! process-wide Prometheus registry installed by [`install_metrics`].
+//! process-wide Prometheus registry installed by [`install_metrics`], followed by
+//! the daemon's own series when it has some ([`AdminServer::with_streamed_metrics`]):
+//! those are streamed a chunk at a time, so a scrape of a large exposition never holds
+//! the whole text in memory.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -116,8 +120,12 @@ impl Readiness {
     }
 }
 
-/// Renders Prometheus text appended to `/metrics` after the registry's own output.
-pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// One scrape's worth of extra Prometheus text, produced a chunk at a time as the client
+/// reads: the next chunk is asked for only once the previous one was handed to the socket.
+pub type MetricsChunks = Box<dyn Iterator<Item = String> + Send>;
+
+/// Starts the extra text of one `/metrics` answer (appended after the registry's own output).
+pub type ExtraMetrics = Arc<dyn Fn() -> MetricsChunks + Send + Sync>;
 
 /// A bound admin server, ready to [`AdminServer::serve`].
 pub struct AdminServer {
@@ -153,13 +161,20 @@ impl AdminServer {
     }
 
     /// Appends the text rendered by `extra` to every `/metrics` answer: for series whose
-    /// names and labels come from outside (metricship's StatsD series), which the `metrics`
-    /// registry cannot expire or bound.
-    pub fn with_extra_metrics(
+    /// names and labels come from outside, which the `metrics` registry cannot expire or
+    /// bound. For large expositions use [`AdminServer::with_streamed_metrics`].
+    pub fn with_extra_metrics(self, extra: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.with_streamed_metrics(move || Box::new(std::iter::once(extra())))
+    }
+
+    /// Appends chunks to every `/metrics` answer, sent as they are produced (chunked
+    /// transfer encoding): a scrape costs one chunk of memory, not the whole exposition
+    /// (metricship's StatsD series run to tens of MB of text).
+    pub fn with_streamed_metrics(
         mut self,
-        extra: impl Fn() -> String + Send + Sync + 'static,
+        chunks: impl Fn() -> MetricsChunks + Send + Sync + 'static,
     ) -> Self {
-        self.extra = Some(Arc::new(extra));
+        self.extra = Some(Arc::new(chunks));
         self
     }
 
@@ -204,12 +219,51 @@ impl AdminServer {
     }
 }
 
+/// A response body: a whole text, or the registry's text followed by streamed chunks.
+pub enum AdminBody {
+    /// The whole body (taken when sent).
+    Full(Option<Bytes>),
+    /// A first part, then chunks pulled one at a time.
+    Streamed(Option<Bytes>, MetricsChunks),
+}
+
+impl hyper::body::Body for AdminBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = match self.get_mut() {
+            AdminBody::Full(body) => body.take(),
+            AdminBody::Streamed(head, chunks) => head
+                .take()
+                .or_else(|| chunks.find(|c| !c.is_empty()).map(Bytes::from)),
+        };
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, AdminBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AdminBody::Full(body) => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            AdminBody::Streamed(..) => SizeHint::default(),
+        }
+    }
+}
+
 fn route(
     req: Request<Incoming>,
     readiness: &Readiness,
     metrics: &PrometheusHandle,
     extra: Option<&ExtraMetrics>,
-) -> Response<Full<Bytes>> {
+) -> Response<AdminBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
     }
@@ -223,11 +277,13 @@ fn route(
             ),
         },
         "/metrics" => {
-            let mut body = metrics.render();
-            if let Some(extra) = extra {
-                body.push_str(&extra());
-            }
-            let mut resp = text(StatusCode::OK, body);
+            let registry = Bytes::from(metrics.render());
+            let mut resp = match extra {
+                Some(extra) => {
+                    response(StatusCode::OK, AdminBody::Streamed(Some(registry), extra()))
+                }
+                None => response(StatusCode::OK, AdminBody::Full(Some(registry))),
+            };
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -241,11 +297,15 @@ fn route(
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
+    response(status, AdminBody::Full(Some(Bytes::from(body))))
+}
+
+fn response(status: StatusCode, body: AdminBody) -> Response<AdminBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
+        .body(body)
         .expect("static response parts are valid")
 }
 
@@ -278,6 +338,53 @@ mod tests {
         assert!(body.contains("airside_core_test_total 3"), "{body}");
         assert!(body.contains("extra_series{a=\"b\"} 1\n"), "{body}");
         assert_eq!(get(addr, "/nope").await.unwrap().0, 404);
+
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_extra_metrics_chunk_by_chunk() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), Readiness::new("x"))
+            .await
+            .unwrap()
+            .with_streamed_metrics(|| {
+                Box::new(
+                    ["first_series 1\n", "", "second_series 2\n"]
+                        .into_iter()
+                        .map(String::from),
+                )
+            });
+        let addr = server.local_addr();
+        let token = Shutdown::new();
+        let task = tokio::spawn(server.serve(token.clone()));
+
+        // HTTP/1.0 (the healthcheck client): the body ends with the connection.
+        let (status, body) = get(addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.ends_with("first_series 1\nsecond_series 2\n"),
+            "{body}"
+        );
+        // HTTP/1.1 (Prometheus): chunked transfer encoding, chunks in order.
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        let lower = raw.to_ascii_lowercase();
+        assert!(lower.contains("transfer-encoding: chunked"), "{raw}");
+        assert!(
+            lower.contains("content-type: text/plain; version=0.0.4"),
+            "{raw}"
+        );
+        let first = raw.find("first_series 1\n").expect("first chunk");
+        let second = raw.find("second_series 2\n").expect("second chunk");
+        assert!(first < second, "{raw}");
+        assert!(raw.ends_with("0\r\n\r\n"), "{raw}");
 
         token.cancel();
         task.await.unwrap();

@@ -11,7 +11,8 @@
 //! `max_series` (new ones beyond it are dropped and counted) and expire after
 //! `ttl` without samples.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::mapping::{Mapped, Mapper, Target};
 use crate::signal::{Role, SignalInputs, role_of};
-use crate::statsd::{Line, MetricType, ParseError, Sample, lines, parse_line};
+use crate::statsd::{
+    Line, MetricType, ParseError, Sample, lines, parse_line, parse_str, str_lines,
+};
 
 /// CloudWatch takes at most 150 distinct values per datum; beyond that a
 /// series is sent as a statistic set.
@@ -160,11 +163,24 @@ pub struct IngestStats {
     pub series_expired: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SeriesId {
+/// A series' identity. Ordered by name, then labels: the index keeps series in
+/// exposition order, so a scrape can walk them a chunk at a time without sorting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SeriesId {
     name: Arc<str>,
     labels: Box<[(Box<str>, Box<str>)]>,
 }
+
+impl SeriesId {
+    /// The metric name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Where a walk over the series in exposition order stopped: the last series visited.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesCursor(pub(crate) Option<Arc<SeriesId>>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -282,7 +298,7 @@ struct Series {
     cloudwatch: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Resolved {
     Series {
         slot: u32,
@@ -343,7 +359,10 @@ pub struct Aggregator {
     mapper: Arc<Mapper>,
     settings: AggregatorSettings,
     cache: FastMap<Box<[u8]>, CacheEntry>,
-    index: FastMap<Arc<SeriesId>, u32>,
+    /// Live series by identity, in exposition order (see [`SeriesId`]).
+    index: BTreeMap<Arc<SeriesId>, u32>,
+    /// The default buckets, shared by every histogram that has no buckets of its own.
+    default_buckets: Arc<[f64]>,
     slots: Vec<Option<Series>>,
     free: Vec<u32>,
     live: usize,
@@ -363,7 +382,8 @@ impl Aggregator {
             mapper,
             settings,
             cache: FastMap::default(),
-            index: FastMap::default(),
+            index: BTreeMap::new(),
+            default_buckets: Arc::from(DEFAULT_BUCKETS),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -382,20 +402,52 @@ impl Aggregator {
 
     /// Ingests one packet (one or more lines). Returns the number of lines seen.
     pub fn ingest_packet(&mut self, packet: &[u8], now: Instant) -> u64 {
+        let secs = self.secs(now);
         let mut n = 0;
-        for raw in lines(packet) {
-            n += 1;
-            if let Err(e) = self.ingest(raw, now) {
-                self.stats.malformed += 1;
-                tracing::trace!(error = %e, line = %String::from_utf8_lossy(raw), "malformed StatsD line");
+        // Almost every packet is valid UTF-8 as a whole: then it is checked once, not
+        // line by line. A packet that is not is split as bytes, and its lines checked
+        // one by one, so that its valid lines still count.
+        if let Ok(text) = std::str::from_utf8(packet) {
+            for line in str_lines(text) {
+                n += 1;
+                let parsed = parse_str(line);
+                self.ingest_parsed(parsed, line.as_bytes(), now, secs);
+            }
+        } else {
+            for raw in lines(packet) {
+                n += 1;
+                self.ingest_parsed(parse_line(raw), raw, now, secs);
             }
         }
         n
     }
 
+    fn ingest_parsed(
+        &mut self,
+        parsed: Result<Line<'_>, ParseError>,
+        raw: &[u8],
+        now: Instant,
+        secs: u32,
+    ) {
+        match parsed {
+            Ok(line) => self.ingest_line(&line, now, secs),
+            Err(e) => {
+                self.stats.malformed += 1;
+                tracing::trace!(error = %e, line = %String::from_utf8_lossy(raw), "malformed StatsD line");
+            }
+        }
+    }
+
     /// Ingests one line.
     pub fn ingest(&mut self, raw: &[u8], now: Instant) -> Result<(), ParseError> {
         let line = parse_line(raw)?;
+        let secs = self.secs(now);
+        self.ingest_line(&line, now, secs);
+        Ok(())
+    }
+
+    /// Ingests a parsed line; `secs` is `now` as [`Aggregator::secs`] counts it.
+    fn ingest_line(&mut self, line: &Line<'_>, now: Instant, secs: u32) {
         self.stats.lines += 1;
         // The raw identity: name (with Influx tags), type, DogStatsD tags.
         self.key.clear();
@@ -410,30 +462,35 @@ impl Aggregator {
             self.key.push(b'#');
             self.key.extend_from_slice(t.as_bytes());
         }
-        let entry = match self.cache.get(self.key.as_slice()) {
-            Some(e) if self.still_valid(&e.resolved) => e.clone(),
+        // The entry is used in place: cloning it would clone its role (an allocation).
+        let resolved = match self.cache.get(self.key.as_slice()) {
+            Some(e) if self.still_valid(&e.resolved) => {
+                if let Some(role) = &e.role {
+                    self.signal.observe(role, last_sample(line), now);
+                }
+                e.resolved
+            }
             _ => {
-                let e = self.resolve(&line, now);
+                let e = self.resolve(line, now);
+                if let Some(role) = &e.role {
+                    self.signal.observe(role, last_sample(line), now);
+                }
+                let resolved = e.resolved;
                 if self.cache.len() >= self.settings.max_series.saturating_mul(4).max(1024) {
                     // Bounded like the series: many raw spellings of few series, or an attack.
                     self.cache.clear();
                 }
-                self.cache
-                    .insert(self.key.clone().into_boxed_slice(), e.clone());
-                e
+                self.cache.insert(self.key.clone().into_boxed_slice(), e);
+                resolved
             }
         };
-        if let Some(role) = &entry.role {
-            self.signal.observe(role, line.samples().last(), now);
-        }
-        match entry.resolved {
-            Resolved::Series { slot, .. } => self.apply(slot, &line, now),
+        match resolved {
+            Resolved::Series { slot, .. } => self.apply(slot, line, secs),
             Resolved::Drop => self.stats.mapped_drop += 1,
             Resolved::Ambiguous => self.stats.ambiguous += 1,
             Resolved::Conflict => self.stats.type_conflict += 1,
             Resolved::OverCap { .. } => self.stats.over_cap += 1,
         }
-        Ok(())
     }
 
     fn still_valid(&self, r: &Resolved) -> bool {
@@ -506,7 +563,9 @@ impl Aggregator {
                 last: 0.0,
             },
             Family::Observer => {
-                let buckets = target.buckets.unwrap_or_else(|| Arc::from(DEFAULT_BUCKETS));
+                let buckets = target
+                    .buckets
+                    .unwrap_or_else(|| self.default_buckets.clone());
                 State::Observer(Box::new(Observer {
                     millis: kind == MetricType::Timer,
                     bucket_counts: vec![0.0; buckets.len()].into_boxed_slice(),
@@ -546,48 +605,29 @@ impl Aggregator {
         u32::try_from(now.saturating_duration_since(self.started).as_secs()).unwrap_or(u32::MAX)
     }
 
-    fn apply(&mut self, slot: u32, line: &Line<'_>, now: Instant) {
-        let last_seen = self.secs(now);
+    fn apply(&mut self, slot: u32, line: &Line<'_>, last_seen: u32) {
         let Some(series) = self.slots[slot as usize].as_mut() else {
             return;
         };
         series.last_seen = last_seen;
         series.touched = true;
-        let weight = 1.0 / line.rate;
-        match &mut series.state {
-            State::Counter { total, interval } => {
-                for s in line.samples() {
-                    let (Sample::Value(v) | Sample::Delta(v)) = s;
-                    *total += v * weight;
-                    *interval += v * weight;
-                }
+        if let State::Set { members, .. } = &mut series.state {
+            if members.len() < MAX_SET_MEMBERS && !members.contains(line.values) {
+                members.insert(line.values.into());
             }
-            State::Gauge { value } => {
-                for s in line.samples() {
-                    match s {
-                        Sample::Value(v) => *value = v,
-                        Sample::Delta(d) => *value += d,
-                    }
-                }
-            }
-            State::Observer(o) => {
-                for s in line.samples() {
-                    let (Sample::Value(v) | Sample::Delta(v)) = s;
-                    let prom = if o.millis { v / 1000.0 } else { v };
-                    o.sum += prom * weight;
-                    o.count += weight;
-                    // Buckets are cumulative at render time; here each sample lands in one.
-                    if let Some(i) = o.buckets.iter().position(|b| prom <= *b) {
-                        o.bucket_counts[i] += weight;
-                    }
-                    if let Some(interval) = o.interval.as_mut() {
-                        interval.observe(v, weight);
-                    }
-                }
-            }
-            State::Set { members, .. } => {
-                if members.len() < MAX_SET_MEMBERS && !members.contains(line.values) {
-                    members.insert(line.values.into());
+            return;
+        }
+        // 1/1 is 1: the division is only worth doing for sampled lines.
+        let weight = if line.rate == 1.0 {
+            1.0
+        } else {
+            1.0 / line.rate
+        };
+        match line.single_sample() {
+            Some(sample) => apply_sample(&mut series.state, sample, weight),
+            None => {
+                for sample in line.samples() {
+                    apply_sample(&mut series.state, sample, weight);
                 }
             }
         }
@@ -660,27 +700,79 @@ impl Aggregator {
         out
     }
 
-    /// Every live series for the Prometheus exposition: (name, labels, help, value).
-    pub(crate) fn series_views(&self) -> impl Iterator<Item = SeriesView<'_>> {
-        self.slots.iter().flatten().map(|series| {
-            let value = match &series.state {
-                State::Counter { total, .. } => PromValue::Counter(*total),
-                State::Gauge { value } => PromValue::Gauge(*value),
-                State::Set { last, .. } => PromValue::Gauge(*last),
-                State::Observer(o) => PromValue::Histogram {
-                    buckets: &o.buckets,
-                    counts: &o.bucket_counts,
-                    sum: o.sum,
-                    count: o.count,
-                },
-            };
-            (
-                &*series.id.name,
-                &*series.id.labels,
-                series.help.as_deref(),
-                value,
-            )
-        })
+    /// The live series after `cursor`, in exposition order (by name, then labels), each
+    /// with its identity (to resume from) and its view: (name, labels, help, value).
+    pub(crate) fn series_after<'a>(
+        &'a self,
+        cursor: &SeriesCursor,
+    ) -> impl Iterator<Item = (&'a Arc<SeriesId>, SeriesView<'a>)> {
+        let from = match &cursor.0 {
+            Some(id) => Bound::Excluded(&**id),
+            None => Bound::Unbounded,
+        };
+        self.index
+            .range::<SeriesId, _>((from, Bound::Unbounded))
+            .filter_map(|(id, &slot)| {
+                let series = self.slots.get(slot as usize)?.as_ref()?;
+                Some((id, series))
+            })
+            .map(|(id, series)| {
+                let value = match &series.state {
+                    State::Counter { total, .. } => PromValue::Counter(*total),
+                    State::Gauge { value } => PromValue::Gauge(*value),
+                    State::Set { last, .. } => PromValue::Gauge(*last),
+                    State::Observer(o) => PromValue::Histogram {
+                        buckets: &o.buckets,
+                        counts: &o.bucket_counts,
+                        sum: o.sum,
+                        count: o.count,
+                    },
+                };
+                (
+                    id,
+                    (
+                        &*series.id.name,
+                        &*series.id.labels,
+                        series.help.as_deref(),
+                        value,
+                    ),
+                )
+            })
+    }
+}
+
+/// The last sample of a line (what a signal input reads), without an iterator for the
+/// usual single value.
+fn last_sample(line: &Line<'_>) -> Option<Sample> {
+    line.single_sample().or_else(|| line.samples().last())
+}
+
+/// Adds one sample to a series' state (sets are handled by the caller).
+fn apply_sample(state: &mut State, sample: Sample, weight: f64) {
+    match state {
+        State::Counter { total, interval } => {
+            let (Sample::Value(v) | Sample::Delta(v)) = sample;
+            *total += v * weight;
+            *interval += v * weight;
+        }
+        State::Gauge { value } => match sample {
+            Sample::Value(v) => *value = v,
+            Sample::Delta(d) => *value += d,
+        },
+        State::Observer(o) => {
+            let (Sample::Value(v) | Sample::Delta(v)) = sample;
+            let prom = if o.millis { v / 1000.0 } else { v };
+            o.sum += prom * weight;
+            o.count += weight;
+            // Buckets are cumulative at render time; here each sample lands in one.
+            if let Some(i) = o.buckets.iter().position(|b| prom <= *b) {
+                o.bucket_counts[i] += weight;
+            }
+            if let Some(interval) = o.interval.as_mut() {
+                interval.observe(v, weight);
+            }
+        }
+        State::Set { .. } => {}
     }
 }
 

@@ -261,7 +261,14 @@ impl Daemon {
         let render_shared = shared.clone();
         let admin = AdminServer::bind(shared.config.admin_addr, readiness.clone())
             .await?
-            .with_extra_metrics(move || render_extra(&render_shared));
+            .with_streamed_metrics(move || {
+                Box::new(Exposition {
+                    shared: render_shared.clone(),
+                    cursor: aggregate::SeriesCursor::default(),
+                    series_left: true,
+                    done: false,
+                })
+            });
         let admin_addr = admin.local_addr();
         let admin_stop = Shutdown::new();
         let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
@@ -604,17 +611,51 @@ async fn export_health(
     }
 }
 
-fn render_extra(shared: &Shared) -> String {
-    let mut out = String::new();
-    let source_age = {
-        let agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
-        prometheus::render_series(&agg, &mut out);
-        agg.signal.source_age(Instant::now())
-    };
-    let signal = *shared.last_signal.lock().expect("signal lock");
-    // The signal stays on /metrics only while the source is fresh.
-    let signal =
-        signal.filter(|_| source_age.is_some_and(|a| a <= shared.signal_settings.freshness));
-    prometheus::render_signal(signal, source_age, &mut out);
-    out
+/// Text of a chunk of the StatsD series on `/metrics`: enough to keep a write going,
+/// small next to the series themselves (100,000 series are ~40 MB of text).
+const EXPOSITION_CHUNK: usize = 64 * 1024;
+
+/// One scrape's StatsD series and signal, rendered a chunk at a time as the client reads
+/// (see [`prometheus::render_series_chunk`]).
+struct Exposition {
+    shared: Arc<Shared>,
+    cursor: aggregate::SeriesCursor,
+    series_left: bool,
+    done: bool,
+}
+
+impl Iterator for Exposition {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        // Room for the last series of the chunk too (a histogram is ~1 KiB of text).
+        let mut out = String::with_capacity(EXPOSITION_CHUNK + 8 * 1024);
+        if self.series_left {
+            let agg = self
+                .shared
+                .aggregator
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.series_left =
+                prometheus::render_series_chunk(&agg, &mut self.cursor, EXPOSITION_CHUNK, &mut out);
+            return Some(out);
+        }
+        self.done = true;
+        let source_age = self
+            .shared
+            .aggregator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .signal
+            .source_age(Instant::now());
+        let signal = *self.shared.last_signal.lock().expect("signal lock");
+        // The signal stays on /metrics only while the source is fresh.
+        let signal = signal
+            .filter(|_| source_age.is_some_and(|a| a <= self.shared.signal_settings.freshness));
+        prometheus::render_signal(signal, source_age, &mut out);
+        Some(out)
+    }
 }

@@ -9,7 +9,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::aggregate::{Aggregator, PromValue};
+use crate::aggregate::{Aggregator, PromValue, SeriesCursor};
 use crate::signal::Signal;
 
 fn escape(v: &str, out: &mut String) {
@@ -52,10 +52,27 @@ fn number(v: f64, out: &mut String) {
 
 /// Renders every live series, grouped by metric name with one `# TYPE` line each.
 pub fn render_series(agg: &Aggregator, out: &mut String) {
-    let mut rows: Vec<_> = agg.series_views().collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0));
-    let mut current: Option<&str> = None;
-    for (name, l, help, value) in rows {
+    let mut cursor = SeriesCursor::default();
+    while render_series_chunk(agg, &mut cursor, usize::MAX, out) {}
+}
+
+/// Renders the live series after `cursor` (in order of name, then labels) until `out`
+/// holds at least `budget` bytes, and moves the cursor past them. Returns whether series
+/// may be left. A scrape renders chunk by chunk, taking the aggregation lock per chunk,
+/// so the receiver is never stopped for a whole scrape and the text is never whole in
+/// memory; a series is never split between chunks.
+pub fn render_series_chunk(
+    agg: &Aggregator,
+    cursor: &mut SeriesCursor,
+    budget: usize,
+    out: &mut String,
+) -> bool {
+    // The name of the last series rendered, possibly in an earlier chunk: a name's
+    // `# TYPE` line comes once, before its first series.
+    let mut current: Option<&str> = cursor.0.as_deref().map(|id| id.name());
+    let mut last = None;
+    let mut le = String::with_capacity(16);
+    for (id, (name, l, help, value)) in agg.series_after(cursor) {
         if current != Some(name) {
             current = Some(name);
             if let Some(h) = help {
@@ -68,47 +85,68 @@ pub fn render_series(agg: &Aggregator, out: &mut String) {
             };
             let _ = writeln!(out, "# TYPE {name} {kind}");
         }
-        match value {
-            PromValue::Counter(v) | PromValue::Gauge(v) => {
+        render_one(name, l, value, &mut le, out);
+        if out.len() >= budget {
+            last = Some(id.clone());
+            break;
+        }
+    }
+    match last {
+        Some(id) => {
+            cursor.0 = Some(id);
+            true
+        }
+        None => false,
+    }
+}
+
+/// One series' lines; `le` is scratch space for bucket bounds, reused across series.
+fn render_one(
+    name: &str,
+    l: &[(Box<str>, Box<str>)],
+    value: PromValue<'_>,
+    le: &mut String,
+    out: &mut String,
+) {
+    match value {
+        PromValue::Counter(v) | PromValue::Gauge(v) => {
+            out.push_str(name);
+            labels(l, None, out);
+            out.push(' ');
+            number(v, out);
+            out.push('\n');
+        }
+        PromValue::Histogram {
+            buckets,
+            counts,
+            sum,
+            count,
+        } => {
+            let mut cumulative = 0.0;
+            for (b, c) in buckets.iter().zip(counts.iter()) {
+                cumulative += c;
+                le.clear();
+                number(*b, le);
                 out.push_str(name);
+                out.push_str("_bucket");
+                labels(l, Some(("le", le)), out);
+                out.push(' ');
+                number(cumulative, out);
+                out.push('\n');
+            }
+            out.push_str(name);
+            out.push_str("_bucket");
+            labels(l, Some(("le", "+Inf")), out);
+            out.push(' ');
+            number(count, out);
+            out.push('\n');
+            for (suffix, v) in [("_sum", sum), ("_count", count)] {
+                out.push_str(name);
+                out.push_str(suffix);
                 labels(l, None, out);
                 out.push(' ');
                 number(v, out);
                 out.push('\n');
-            }
-            PromValue::Histogram {
-                buckets,
-                counts,
-                sum,
-                count,
-            } => {
-                let mut cumulative = 0.0;
-                let mut le = String::new();
-                for (b, c) in buckets.iter().zip(counts.iter()) {
-                    cumulative += c;
-                    le.clear();
-                    number(*b, &mut le);
-                    out.push_str(name);
-                    out.push_str("_bucket");
-                    labels(l, Some(("le", &le)), out);
-                    out.push(' ');
-                    number(cumulative, out);
-                    out.push('\n');
-                }
-                out.push_str(name);
-                out.push_str("_bucket");
-                labels(l, Some(("le", "+Inf")), out);
-                out.push(' ');
-                number(count, out);
-                out.push('\n');
-                for (suffix, v) in [("_sum", sum), ("_count", count)] {
-                    out.push_str(name);
-                    out.push_str(suffix);
-                    labels(l, None, out);
-                    out.push(' ');
-                    number(v, out);
-                    out.push('\n');
-                }
             }
         }
     }

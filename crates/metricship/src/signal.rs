@@ -119,7 +119,7 @@ pub struct Signal {
 /// Readings keyed by role, at most [`SignalInputs::MAX_ROLES`] of them.
 #[derive(Debug, Default)]
 pub struct SignalInputs {
-    readings: HashMap<Role, Reading>,
+    readings: HashMap<Role, Reading, foldhash::fast::RandomState>,
     last_input: Option<Instant>,
     /// Inputs refused because the table was full (an attack or a misconfigured prefix).
     pub refused: u64,
@@ -136,27 +136,26 @@ impl SignalInputs {
         if *role == Role::Heartbeat {
             return;
         }
-        if !self.readings.contains_key(role) {
-            if self.readings.len() >= Self::MAX_ROLES {
-                self.refused += 1;
-                return;
+        let update = |r: &mut Reading| {
+            match sample {
+                Sample::Value(v) => r.value = v,
+                Sample::Delta(d) => r.value += d,
             }
-            self.readings.insert(
-                role.clone(),
-                Reading {
-                    value: 0.0,
-                    at: now,
-                },
-            );
-        }
-        let Some(r) = self.readings.get_mut(role) else {
-            return;
+            r.at = now;
         };
-        match sample {
-            Sample::Value(v) => r.value = v,
-            Sample::Delta(d) => r.value += d,
+        // One lookup for a known role (every line of a pool gauge comes here).
+        if let Some(r) = self.readings.get_mut(role) {
+            update(r);
+            return;
         }
-        r.at = now;
+        if self.readings.len() >= Self::MAX_ROLES {
+            self.refused += 1;
+            return;
+        }
+        update(self.readings.entry(role.clone()).or_insert(Reading {
+            value: 0.0,
+            at: now,
+        }));
     }
 
     /// How long since any input arrived; `None` before the first.

@@ -139,6 +139,20 @@ impl<'a> Line<'a> {
         single.into_iter().chain(multi)
     }
 
+    /// The sample of a line with exactly one numeric value (the common case), without
+    /// going through [`Line::samples`]; `None` for sets and multi-value lines.
+    pub fn single_sample(&self) -> Option<Sample> {
+        if self.multi || self.kind == MetricType::Set {
+            return None;
+        }
+        let signed = matches!(self.values.as_bytes().first(), Some(b'+' | b'-'));
+        Some(if self.kind == MetricType::Gauge && signed {
+            Sample::Delta(self.value)
+        } else {
+            Sample::Value(self.value)
+        })
+    }
+
     /// All tags, Influx-style first, then DogStatsD; bare DogStatsD tags (`#flag`) are skipped.
     pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let influx = self
@@ -166,6 +180,9 @@ impl<'a> Line<'a> {
 }
 
 fn parse_number(text: &str) -> Option<f64> {
+    if let Some(n) = parse_simple_decimal(text.as_bytes()) {
+        return Some(n);
+    }
     // f64::from_str accepts "inf" and "NaN"; neither is a measurement.
     let first = text.as_bytes().first()?;
     if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
@@ -175,69 +192,224 @@ fn parse_number(text: &str) -> Option<f64> {
     n.is_finite().then_some(n)
 }
 
-/// Splits a packet into lines (`\n`, optional `\r`), skipping empty ones.
-pub fn lines(packet: &[u8]) -> impl Iterator<Item = &[u8]> {
-    packet.split(|b| *b == b'\n').filter_map(|l| {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        (!l.is_empty()).then_some(l)
+/// Powers of ten that are exact in an f64.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The common shapes of a StatsD value — `[+-]digits[.digits]` with at most 15 digits —
+/// without the general float parser. The result is the same correctly rounded f64 as
+/// `str::parse` gives (Clinger's fast path): the digits form an integer below 2^53 and the
+/// divisor a power of ten below 10^16, both exact, and one IEEE division rounds correctly.
+/// Anything else (exponents, more digits, a bare `.`) returns `None` for the general parser.
+fn parse_simple_decimal(b: &[u8]) -> Option<f64> {
+    let (negative, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        b'+' => (false, &b[1..]),
+        _ => (false, b),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut fraction: Option<usize> = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                count += 1;
+                if count > 15 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+            }
+            b'.' if fraction.is_none() && i > 0 => fraction = Some(i + 1),
+            _ => return None,
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let scale = match fraction {
+        // A trailing '.' ("5.") is left to the general parser.
+        Some(start) if start == digits.len() => return None,
+        Some(start) => digits.len() - start,
+        None => 0,
+    };
+    let n = mantissa as f64 / POW10[scale];
+    Some(if negative { -n } else { n })
+}
+
+/// Splits a packet that is valid UTF-8 into lines, like [`lines`]: a packet is checked
+/// once rather than line by line.
+pub fn str_lines(packet: &str) -> impl Iterator<Item = &str> {
+    let mut rest = packet;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            // '\n' is ASCII, so both slices end on character boundaries.
+            let line = match memchr::memchr(b'\n', rest.as_bytes()) {
+                Some(i) => {
+                    let line = &rest[..i];
+                    rest = &rest[i + 1..];
+                    line
+                }
+                None => std::mem::take(&mut rest),
+            };
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+        None
     })
 }
 
+/// Splits a packet into lines (`\n`, optional `\r`), skipping empty ones.
+pub fn lines(packet: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = packet;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let line = match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    let line = &rest[..i];
+                    rest = &rest[i + 1..];
+                    line
+                }
+                None => std::mem::take(&mut rest),
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+        None
+    })
+}
+
+/// Whether a metric name byte is one the protocol reserves (`|`, `#`, `@`), ASCII
+/// whitespace or a control character. Branch-free, so a check of a whole name vectorises.
+fn bad_name_byte(c: u8) -> bool {
+    (c <= b' ') | (c == b'|') | (c == b'#') | (c == b'@')
+}
+
 /// Parses one line (without its newline).
+///
+/// One pass over the bytes for the usual `name:value|type` (the general cases — Influx
+/// tags, several values, sample rates, DogStatsD tags — take the slower steps they need).
+/// It accepts and rejects exactly what the straightforward `split`-based reading of the
+/// grammar does; a property test holds it to that reference.
 pub fn parse_line(raw: &[u8]) -> Result<Line<'_>, ParseError> {
-    let line = std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8)?;
-    if line.starts_with("_e{") || line.starts_with("_sc|") {
+    parse_str(std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8)?)
+}
+
+/// Parses one line already known to be UTF-8 (see [`str_lines`]).
+pub fn parse_str(line: &str) -> Result<Line<'_>, ParseError> {
+    let b = line.as_bytes();
+    if b.starts_with(b"_e{") || b.starts_with(b"_sc|") {
         return Err(ParseError::NotAMetric);
     }
-    let (head, rest) = line.split_once(':').ok_or(ParseError::NoValue)?;
-    let (name, influx_tags) = match head.split_once(',') {
-        Some((n, t)) => (n, Some(t)),
-        None => (head, None),
+    // The head (name and Influx tags) ends at the first ':'; the name at the first ','.
+    let colon = memchr::memchr(b':', b).ok_or(ParseError::NoValue)?;
+    // One branch-free (vectorised) pass over the head for the usual name without
+    // Influx tags; a head with a ',' looks again at the part before it.
+    let (any_comma, any_bad) = b[..colon].iter().fold((false, false), |(comma, bad), &c| {
+        (comma | (c == b','), bad | bad_name_byte(c))
+    });
+    let (comma, bad_name) = if any_comma {
+        let comma = memchr::memchr(b',', &b[..colon]);
+        let name = &b[..comma.unwrap_or(colon)];
+        (
+            comma,
+            name.iter().fold(false, |bad, &c| bad | bad_name_byte(c)),
+        )
+    } else {
+        (None, any_bad)
     };
-    if name.is_empty()
-        || name
-            .bytes()
-            .any(|b| matches!(b, b'|' | b'#' | b'@') || b.is_ascii_whitespace() || b < 0x20)
-    {
+    let name_end = comma.unwrap_or(colon);
+    if name_end == 0 || bad_name {
         return Err(ParseError::BadName);
     }
+    let name = &line[..name_end];
+    let influx_tags = comma.map(|c| &line[c + 1..colon]);
     if let Some(tags) = influx_tags
         && (tags.is_empty() || tags.split(',').any(|kv| !valid_tag(kv, '=')))
     {
         return Err(ParseError::BadTag);
     }
-    let mut sections = rest.split('|');
-    let values = sections.next().unwrap_or("");
-    let kind = match sections.next().ok_or(ParseError::NoType)? {
-        "c" => MetricType::Counter,
-        "g" => MetricType::Gauge,
-        "ms" => MetricType::Timer,
-        "h" => MetricType::Histogram,
-        "d" => MetricType::Distribution,
-        "s" => MetricType::Set,
+    let rest = &line[colon + 1..];
+    let rb = rest.as_bytes();
+    // Values end at the first '|'; the type at the next one (or the end).
+    // Values are short ("1", "12.5"): a plain loop beats memchr's set-up.
+    let bar = rb
+        .iter()
+        .position(|&c| c == b'|')
+        .ok_or(ParseError::NoType)?;
+    let values = &rest[..bar];
+    let after_type = &rest[bar + 1..];
+    let type_end = after_type
+        .bytes()
+        .position(|c| c == b'|')
+        .unwrap_or(after_type.len());
+    let kind = match &after_type.as_bytes()[..type_end] {
+        b"c" => MetricType::Counter,
+        b"g" => MetricType::Gauge,
+        b"ms" => MetricType::Timer,
+        b"h" => MetricType::Histogram,
+        b"d" => MetricType::Distribution,
+        b"s" => MetricType::Set,
         _ => return Err(ParseError::BadType),
     };
+    let (value, multi) = parse_values(kind, values, parse_number)?;
+    let sections = after_type
+        .get(type_end + 1..)
+        .map(|s| s.split('|'))
+        .into_iter()
+        .flatten();
+    let (rate, dog_tags) = parse_sections(sections, parse_number)?;
+    Ok(Line {
+        name,
+        kind,
+        values,
+        value,
+        multi,
+        rate,
+        influx_tags,
+        dog_tags,
+    })
+}
+
+/// Checks the value text of a line of type `kind`: `(the single value, whether there
+/// are several)`. Sets take any text without control characters.
+fn parse_values(
+    kind: MetricType,
+    values: &str,
+    number: fn(&str) -> Option<f64>,
+) -> Result<(f64, bool), ParseError> {
     if values.is_empty() {
         return Err(ParseError::BadValue);
     }
-    let multi = kind != MetricType::Set && values.contains(':');
-    let mut value = 0.0;
+    let multi = kind != MetricType::Set && values.bytes().any(|c| c == b':');
     if kind == MetricType::Set {
         if values.bytes().any(|b| b < 0x20) {
             return Err(ParseError::BadValue);
         }
     } else if multi {
-        if values.split(':').any(|v| parse_number(v).is_none()) {
+        if values.split(':').any(|v| number(v).is_none()) {
             return Err(ParseError::BadValue);
         }
     } else {
-        value = parse_number(values).ok_or(ParseError::BadValue)?;
+        return Ok((number(values).ok_or(ParseError::BadValue)?, false));
     }
+    Ok((0.0, multi))
+}
+
+/// Reads the sections after the type: `(sample rate, DogStatsD tags)`.
+fn parse_sections<'a>(
+    sections: impl Iterator<Item = &'a str>,
+    number: fn(&str) -> Option<f64>,
+) -> Result<(f64, Option<&'a str>), ParseError> {
     let mut rate = 1.0;
     let mut dog_tags = None;
     for section in sections {
         if let Some(r) = section.strip_prefix('@') {
-            rate = parse_number(r).ok_or(ParseError::BadRate)?;
+            rate = number(r).ok_or(ParseError::BadRate)?;
             if !(rate > 0.0 && rate <= 1.0) {
                 return Err(ParseError::BadRate);
             }
@@ -251,16 +423,7 @@ pub fn parse_line(raw: &[u8]) -> Result<Line<'_>, ParseError> {
         }
         // Other sections (container id, timestamp, external data) carry nothing we use.
     }
-    Ok(Line {
-        name,
-        kind,
-        values,
-        value,
-        multi,
-        rate,
-        influx_tags,
-        dog_tags,
-    })
+    Ok((rate, dog_tags))
 }
 
 fn valid_tag(kv: &str, sep: char) -> bool {
@@ -400,6 +563,163 @@ mod tests {
         }
     }
 
+    /// A line as the reference model reads it: (name, kind, values), (value, multi,
+    /// rate), (Influx tags, DogStatsD tags).
+    type Reference<'a> = (
+        (&'a str, MetricType, &'a str),
+        (f64, bool, f64),
+        (Option<&'a str>, Option<&'a str>),
+    );
+
+    /// The straightforward reading of the grammar (the parser before it was made
+    /// single-pass), kept as the model the fast parser must agree with.
+    fn reference_parse_line(raw: &[u8]) -> Result<Reference<'_>, ParseError> {
+        fn reference_number(text: &str) -> Option<f64> {
+            let first = text.as_bytes().first()?;
+            if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
+                return None;
+            }
+            let n: f64 = text.parse().ok()?;
+            n.is_finite().then_some(n)
+        }
+        let line = std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8)?;
+        if line.starts_with("_e{") || line.starts_with("_sc|") {
+            return Err(ParseError::NotAMetric);
+        }
+        let (head, rest) = line.split_once(':').ok_or(ParseError::NoValue)?;
+        let (name, influx_tags) = match head.split_once(',') {
+            Some((n, t)) => (n, Some(t)),
+            None => (head, None),
+        };
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| matches!(b, b'|' | b'#' | b'@') || b.is_ascii_whitespace() || b < 0x20)
+        {
+            return Err(ParseError::BadName);
+        }
+        if let Some(tags) = influx_tags
+            && (tags.is_empty() || tags.split(',').any(|kv| !valid_tag(kv, '=')))
+        {
+            return Err(ParseError::BadTag);
+        }
+        let mut sections = rest.split('|');
+        let values = sections.next().unwrap_or("");
+        let kind = match sections.next().ok_or(ParseError::NoType)? {
+            "c" => MetricType::Counter,
+            "g" => MetricType::Gauge,
+            "ms" => MetricType::Timer,
+            "h" => MetricType::Histogram,
+            "d" => MetricType::Distribution,
+            "s" => MetricType::Set,
+            _ => return Err(ParseError::BadType),
+        };
+        // The value and section checks are shared: what changed is the splitting and
+        // the numbers, which this model does the plain way.
+        let (value, multi) = parse_values(kind, values, reference_number)?;
+        let (rate, dog_tags) = parse_sections(sections, reference_number)?;
+        let head = (name, kind, values);
+        let numbers = (value, multi, rate);
+        Ok((head, numbers, (influx_tags, dog_tags)))
+    }
+
+    /// The same result, comparing floats by their bits (so -0.0 and 0.0 differ).
+    fn same(a: &Result<Line<'_>, ParseError>, b: &Result<Reference<'_>, ParseError>) -> bool {
+        match (a, b) {
+            (Ok(a), Ok(((name, kind, values), (value, multi, rate), (influx, dog)))) => {
+                a.value.to_bits() == value.to_bits()
+                    && a.rate.to_bits() == rate.to_bits()
+                    && (a.name, a.kind, a.values, a.multi, a.influx_tags, a.dog_tags)
+                        == (*name, *kind, *values, *multi, *influx, *dog)
+            }
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn reference_lines(packet: &[u8]) -> Vec<&[u8]> {
+        packet
+            .split(|b| *b == b'\n')
+            .filter_map(|l| {
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                (!l.is_empty()).then_some(l)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fast_number_path_agrees_with_the_float_parser() {
+        for text in [
+            "0",
+            "-0",
+            "+0",
+            "1",
+            "-1",
+            "+2",
+            "12.5",
+            "-3.25",
+            "0.1",
+            "0.3",
+            "123456789012345",
+            "1234567890123456",
+            "99999999999999.9",
+            "0.000000000000001",
+            "1.",
+            ".5",
+            "-.5",
+            "5e3",
+            "1.2.3",
+            "-",
+            "+",
+            ".",
+            "",
+            "00012",
+            "7.0000000000000",
+            // More digits than a u64 holds (found by the property test below: an overflow).
+            "184467440737.09600000",
+            "18446744073709551616",
+            "-99999999999999999999.5",
+        ] {
+            let fast = parse_number(text).map(f64::to_bits);
+            let general = text
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .filter(|_| {
+                    text.as_bytes()
+                        .first()
+                        .is_some_and(|c| c.is_ascii_digit() || b"+-.".contains(c))
+                })
+                .map(f64::to_bits);
+            assert_eq!(fast, general, "{text:?}");
+        }
+    }
+
+    fn line_strategy() -> impl Strategy<Value = String> {
+        // Lines built from the grammar's pieces, so that most parse and the rest fail late.
+        let piece = prop_oneof![
+            "[a-z._]{1,12}",
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just("|".to_string()),
+            Just("=".to_string()),
+            Just("#".to_string()),
+            Just("@".to_string()),
+            "[+-]?[0-9]{0,17}(\\.[0-9]{0,17})?",
+            prop_oneof![
+                Just("c"),
+                Just("g"),
+                Just("ms"),
+                Just("h"),
+                Just("d"),
+                Just("s")
+            ]
+            .prop_map(String::from),
+            "[ \\t\\x00-\\x1f\\x7f-\\u{ff}]",
+        ];
+        proptest::collection::vec(piece, 0..14).prop_map(|p| p.concat())
+    }
+
     fn kind_strategy() -> impl Strategy<Value = &'static str> {
         prop_oneof![Just("c"), Just("g"), Just("ms"), Just("h"), Just("d")]
     }
@@ -414,6 +734,40 @@ mod tests {
                     let _ = l.tags().count();
                 }
             }
+        }
+
+        #[test]
+        fn agrees_with_the_reference_parser_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            prop_assert_eq!(lines(&bytes).collect::<Vec<_>>(), reference_lines(&bytes));
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let split: Vec<&[u8]> = str_lines(text).map(str::as_bytes).collect();
+                prop_assert_eq!(split, reference_lines(&bytes));
+            }
+            for line in lines(&bytes) {
+                prop_assert!(same(&parse_line(line), &reference_parse_line(line)));
+            }
+        }
+
+        #[test]
+        fn agrees_with_the_reference_parser_on_grammar_pieces(text in line_strategy()) {
+            let (fast, reference) = (parse_line(text.as_bytes()), reference_parse_line(text.as_bytes()));
+            prop_assert!(same(&fast, &reference), "{:?}: {:?} vs {:?}", text, fast, reference);
+        }
+
+        #[test]
+        fn decimal_values_parse_exactly_like_str_parse(
+            int in 0u64..1_000_000_000_000_000,
+            frac in proptest::option::of("[0-9]{1,15}"),
+            sign in prop_oneof![Just(""), Just("+"), Just("-")],
+        ) {
+            let text = match &frac {
+                Some(f) => format!("{sign}{int}.{f}"),
+                None => format!("{sign}{int}"),
+            };
+            let want: f64 = text.parse().unwrap();
+            prop_assert_eq!(parse_number(&text).map(f64::to_bits), Some(want.to_bits()), "{}", text);
         }
 
         #[test]
