@@ -11,12 +11,14 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
 import moto_cbor  # beside this file: RPCv2 CBOR (current SDKs' CloudWatch) -> moto's JSON
+import moto_firehose  # beside this file: Firehose's defaults in DescribeDeliveryStream
 import moto_percentiles  # beside this file: pNN statistics in CloudWatch GetMetricData
 
 
 def main() -> None:
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
     moto_percentiles.install()
+    moto_firehose.install()
     app = moto_cbor.wrap(DomainDispatcherApplication(create_backend_app))
     server = make_server(host, 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

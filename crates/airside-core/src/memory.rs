@@ -15,10 +15,14 @@
 //!   that have since exited. [`release`] hands it back (`malloc_trim`), and drops the
 //!   mappings of code pages so that only the code the idle loop runs faults back in.
 //!
-//! Both are advice to the kernel: if `/proc` is not mounted (an empty chroot) or a call
-//! fails, nothing changes but the RSS.
+//! glibc's malloc stays: mimalloc (v2 and v3) ran dagsync's full sync in 13 % fewer
+//! instructions (callgrind) but doubled its peak RSS (16 → 32 MiB, per-thread heaps of
+//! the blocking pool), and peak memory is the tighter budget for a sidecar.
 //!
-//! This is the crate's one module with `unsafe`: the two libc calls have no safe wrapper.
+//! The madvise calls are advice to the kernel: if `/proc` is not mounted (an empty
+//! chroot) or a call fails, nothing changes but the RSS.
+//!
+//! This is the crate's one module with `unsafe`: the libc calls have no safe wrapper.
 
 use std::fs;
 
@@ -136,6 +140,9 @@ mod tests {
         // Code and data still work after their pages were dropped and faulted back.
         let v: Vec<u64> = (0..10_000).collect();
         assert_eq!(v.iter().sum::<u64>(), 49_995_000);
-        assert!(!own_mappings().is_empty(), "/proc/self/maps lists this test binary");
+        assert!(
+            !own_mappings().is_empty(),
+            "/proc/self/maps lists this test binary"
+        );
     }
 }
