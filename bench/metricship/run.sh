@@ -21,9 +21,12 @@ admin=127.0.0.1:19402
 peer_port=18126
 peer_mgmt=18127
 
-gen=target/release/examples/loadgen
+# Builds go to $CARGO_TARGET_DIR when it is set (a target dir of one's own, so as not to
+# wait on another engineer's cargo lock). LOADGEN=path uses an existing load generator.
+target_dir=${CARGO_TARGET_DIR:-target}
+gen=${LOADGEN:-$target_dir/release/examples/loadgen}
 # NO_BUILD=1 reuses an existing build (when another build holds cargo's lock).
-[[ -n ${NO_BUILD:-} && -x $gen ]] || cargo build --quiet --release -p metricship --example loadgen
+[[ ( -n ${NO_BUILD:-} || -n ${LOADGEN:-} ) && -x $gen ]] || cargo build --quiet --release -p metricship --example loadgen
 bin=${METRICSHIP_BIN:-dist/metricship}
 if [[ ! -x $bin ]]; then
   DAEMONS=metricship scripts/build-static >/dev/null
@@ -36,6 +39,10 @@ trap cleanup EXIT
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# Resets the peak (VmHWM) to the current RSS, so that the next peak read is the peak of
+# what happens in between (Linux: 5 > /proc/PID/clear_refs). Fails without the right.
+reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
 metric() { curl -s "http://$admin/metrics" | awk -v m="$1" '$1 == m {print $2; f=1} END {if (!f) print 0}'; }
 # A counter once it stopped moving: the daemon may still be working through what the
 # kernel buffered, and exports its counters once a second.
@@ -93,14 +100,19 @@ step_peer() { # $1 rate, $2 extra loadgen args
 }
 
 # The machine may be shared (other builds): a step that lost more than 0.1% is tried once
-# more and the better try is kept (both are printed to stderr).
+# more and the better try is kept (the other one is printed to stderr).
+loss_of() { awk -F'|' '{gsub(/[ %]/, "", $5); print $5}' <<<"$1"; }
 best_of_two() { # $1 step function, $2 rate, $3 extra args
-  local row loss
+  local row again
   row=$("$1" "$2" "$3")
-  loss=$(awk -F'|' '{gsub(/[ %]/, "", $5); print $5}' <<<"$row")
-  if awk -v l="$loss" 'BEGIN { exit !(l > 0.1) }'; then
-    echo "first try: $row" >&2
-    row=$("$1" "$2" "$3")
+  if awk -v l="$(loss_of "$row")" 'BEGIN { exit !(l > 0.1) }'; then
+    again=$("$1" "$2" "$3")
+    if awk -v a="$(loss_of "$again")" -v b="$(loss_of "$row")" 'BEGIN { exit !(a < b) }'; then
+      echo "other try: $row" >&2
+      row=$again
+    else
+      echo "other try: $again" >&2
+    fi
   fi
   echo "$row"
 }
@@ -119,9 +131,13 @@ echo "idle RSS: $(rss_kib "$ms") KiB"
 # ~100,000 series: 33,333 names each as gauge, counter and timer, plus 8 pools.
 taskset -c 1 "$gen" --target "127.0.0.1:$statsd_port" --rate 200000 --seconds 2 --series 33333 >/dev/null
 sleep 2
-echo "live series: $(metric metricship_live_series), RSS: $(rss_kib "$ms") KiB"
-curl -s "http://$admin/metrics" >/dev/null   # a scrape of all series
-echo "RSS after a full /metrics scrape: $(rss_kib "$ms") KiB"
+echo "live series: $(metric metricship_live_series), RSS: $(rss_kib "$ms") KiB, peak (VmHWM) since start: $(hwm_kib "$ms") KiB"
+# A scrape of all series, with the peak taken over the scrape alone.
+reset_hwm "$ms" && echo "peak reset to: $(hwm_kib "$ms") KiB" || echo "(cannot reset VmHWM: the peak below is since start)"
+echo "scrape: $(curl -s -o /dev/null -w '%{size_download} bytes in %{time_total} s' "http://$admin/metrics")"
+echo "peak (VmHWM) during the scrape: $(hwm_kib "$ms") KiB; RSS right after it: $(rss_kib "$ms") KiB"
+sleep 2
+echo "RSS 2 s after the scrape: $(rss_kib "$ms") KiB; peak (VmHWM) since start: $(hwm_kib "$ms") KiB"
 kill "$ms"; wait "$ms" 2>/dev/null || true
 
 echo; echo "## metricship: one line per datagram"
