@@ -67,7 +67,7 @@ end=$(date +%s.%N)
 cpu=$(cpu_secs "$pid")
 peak=$(rss_kib "$pid" VmHWM)
 secs=$(python3 -c "print($end - $start)")
-sleep 5
+sleep 10  # idle = steady state: logship hands memory back after 5 s without new data
 idle_loaded=$(rss_kib "$pid" VmRSS)
 kill -TERM "$pid"; wait "$pid" || true
 
@@ -89,7 +89,7 @@ mkdir -p "$work/empty"
 taskset -c 0 "$bin" --path "$work/empty/**/*.log" --output firehose:bench \
   --state-dir "$work/state2" --admin-addr "$admin" --log-format json 2>/dev/null &
 pid=$!; pids+=($pid)
-sleep 5
+sleep 10  # idle = steady state: logship hands memory back after 5 s without new data
 idle=$(rss_kib "$pid" VmRSS)
 kill -TERM "$pid"; wait "$pid" || true
 

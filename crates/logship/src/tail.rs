@@ -41,6 +41,9 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
 /// A truncated file's identity waits this long for a copy to continue it.
 const RETIRED_TTL: Duration = Duration::from_secs(300);
+/// How long no file must have grown before idle memory is handed back (longer than the
+/// default `--linger`, so the last batch has been sent by then).
+const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(5);
 
 /// A run of encoded records from one file, handed to every output.
 #[derive(Debug)]
@@ -307,11 +310,22 @@ impl Tailer {
         }
         let poll = self.settings.poll_interval;
         let mut next_walk = tokio::time::Instant::now() + poll;
+        let mut last_moved = Instant::now();
+        let mut released = false;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let moved = self.pass().await?;
+            if moved {
+                last_moved = Instant::now();
+                released = false;
+            } else if !released && last_moved.elapsed() >= RELEASE_AFTER_IDLE {
+                // A burst is over (its batches have long been sent): give back the heap
+                // and code pages it used, so an idle sidecar stays small.
+                airside_core::memory::release();
+                released = true;
+            }
             if self.walk_requested || tokio::time::Instant::now() >= next_walk {
                 let why = if self.walk_requested { "event" } else { "poll" };
                 self.walk_requested = false;
@@ -806,7 +820,7 @@ fn read_stream(
     let bytes = &buf[..n];
     let mut start = 0;
     if !st.partial.is_empty() {
-        match bytes.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', bytes) {
             Some(nl) => {
                 let mut line = std::mem::take(&mut st.partial);
                 line.extend_from_slice(&bytes[..nl]);
@@ -820,7 +834,7 @@ fn read_stream(
         }
     }
     while start < n {
-        match bytes[start..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &bytes[start..]) {
             Some(pos) => {
                 push_line(st, &bytes[start..start + pos], true, logicals);
                 start += pos + 1;
