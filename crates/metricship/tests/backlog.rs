@@ -12,10 +12,6 @@ use airside_testkit::{Fault, FaultPlan, FaultProxy, moto, unique_name};
 use common::*;
 use metricship::{Daemon, Output};
 
-async fn flushes(admin: std::net::SocketAddr) -> f64 {
-    sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backlog_drops_the_oldest_and_counts_them() {
     let moto = moto();
@@ -55,31 +51,16 @@ async fn a_full_backlog_drops_the_oldest_and_counts_them() {
     .await;
     proxy.set_rate(1.0);
     for i in 1..=6u32 {
-        let before = flushes(admin).await;
-        send(statsd, &[format!("airflow.executor.open_slots:{i}|g")]);
-        eventually("a flush", Duration::from_secs(5), || async {
-            (flushes(admin).await > before).then_some(())
-        })
-        .await;
+        set_gauge_and_await_flush(statsd, admin, i).await;
     }
     proxy.set_rate(0.0);
-    let run_dim = [("Run", run.as_str())];
     let got: BTreeSet<u32> = eventually(
         "the newest flushes in CloudWatch",
         Duration::from_secs(60),
         || {
-            let (cw, ns) = (cw.clone(), ns.clone());
+            let (cw, ns, run) = (cw.clone(), ns.clone(), run.clone());
             async move {
-                let values = stat(
-                    &cw,
-                    &ns,
-                    "airflow_executor_open_slots",
-                    &run_dim,
-                    "Maximum",
-                    1,
-                )
-                .await;
-                let got: BTreeSet<u32> = values.iter().map(|v| *v as u32).collect();
+                let got = open_slots_values(&cw, &ns, &run).await;
                 [4, 5, 6].iter().all(|v| got.contains(v)).then_some(got)
             }
         },

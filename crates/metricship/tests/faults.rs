@@ -12,10 +12,6 @@ use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
 use common::*;
 use metricship::{Daemon, Output};
 
-async fn flushes(admin: std::net::SocketAddr) -> f64 {
-    sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_flush_is_lost_through_faults_and_an_outage() {
     let moto = moto();
@@ -46,35 +42,17 @@ async fn no_flush_is_lost_through_faults_and_an_outage() {
         if i == 11 {
             proxy.set_rate(0.35);
         }
-        let before = flushes(admin).await;
-        send(
-            statsd,
-            &[format!("airflow.executor.open_slots:{}|g", i * 10)],
-        );
+        set_gauge_and_await_flush(statsd, admin, i * 10).await;
         sent.insert(i * 10);
-        eventually("a flush", Duration::from_secs(5), || async {
-            (flushes(admin).await > before).then_some(())
-        })
-        .await;
     }
 
-    let run_dim = [("Run", run.as_str())];
     let got: BTreeSet<u32> =
         eventually("every flush in CloudWatch", Duration::from_secs(60), || {
-            let (cw, ns, sent) = (cw.clone(), ns.clone(), sent.clone());
+            let (cw, ns, run, sent) = (cw.clone(), ns.clone(), run.clone(), sent.clone());
             async move {
-                // One-second periods: each flush's datum is its own datapoint; duplicates
-                // (a request that took effect but whose answer was dropped) do not change Maximum.
-                let values = stat(
-                    &cw,
-                    &ns,
-                    "airflow_executor_open_slots",
-                    &run_dim,
-                    "Maximum",
-                    1,
-                )
-                .await;
-                let got: BTreeSet<u32> = values.iter().map(|v| *v as u32).collect();
+                // Duplicates (a request that took effect but whose answer was dropped)
+                // add no new value.
+                let got = open_slots_values(&cw, &ns, &run).await;
                 sent.is_subset(&got).then_some(got)
             }
         })

@@ -106,3 +106,42 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
         (k == series).then(|| v.parse().ok())?
     })
 }
+
+/// Sets gauge `airflow.executor.open_slots` to `value` and returns once a flush has
+/// taken it: first waits until the aggregator holds the value (it shows on
+/// `/metrics`), then for the next flush. Waiting only for the flush count to move
+/// races: a flush that starts before the datagram is read moves the count, and the
+/// next value would then overwrite this one within one interval.
+pub async fn set_gauge_and_await_flush(statsd: SocketAddr, admin: SocketAddr, value: u32) {
+    send(statsd, &[format!("airflow.executor.open_slots:{value}|g")]);
+    eventually("the gauge on /metrics", Duration::from_secs(5), || async {
+        let body = scrape(admin).await;
+        (sample(&body, "airflow_executor_open_slots") == Some(f64::from(value))).then_some(())
+    })
+    .await;
+    let before = sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0);
+    eventually("a flush", Duration::from_secs(5), || async {
+        let now = sample(&scrape(admin).await, "metricship_flushes_total").unwrap_or(0.0);
+        (now > before).then_some(())
+    })
+    .await;
+}
+
+/// Every value of `airflow_executor_open_slots` CloudWatch holds for this run, by
+/// one-second period. Both Minimum and Maximum are read: two flushes that a stalled
+/// machine ran within one wall-clock second share a period, and Maximum alone would
+/// hide the smaller value.
+pub async fn open_slots_values(
+    cw: &Client,
+    namespace: &str,
+    run: &str,
+) -> std::collections::BTreeSet<u32> {
+    let dims = [("Run", run)];
+    let mut got = std::collections::BTreeSet::new();
+    for s in ["Minimum", "Maximum"] {
+        for v in stat(cw, namespace, "airflow_executor_open_slots", &dims, s, 1).await {
+            got.insert(v as u32);
+        }
+    }
+    got
+}
