@@ -18,19 +18,19 @@ port=${PORT:-18443}
 admin=127.0.0.1:19401
 bin=${LOGSHIP_BIN:-dist/logship}
 [[ -x $bin ]] || DAEMONS=logship scripts/build-static >/dev/null
-cargo build --quiet --release -p logship --example firehose_sink
-sink=target/release/examples/firehose_sink
+sink=${SINK_BIN:-target/release/examples/firehose_sink}
+[[ -n ${SINK_BIN:-} ]] || cargo build --quiet --release -p logship --example firehose_sink
 
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
+# A sleep without a process: `read` with a timeout on a pipe nobody writes to.
+exec {nap_fd}<> <(:)
+nap() { read -rt "$1" -u "$nap_fd" || :; }
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 cpu_secs() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
-stat_lines() { curl -s "http://127.0.0.1:$port/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lines"])'; }
-
-taskset -c 1 "$sink" "$port" & pids+=($!)
 
 # The backlog: one Airflow task log of 200-byte lines (199 characters + newline).
 dir="$work/logs/dag_id=bench/run_id=r/task_id=t"
@@ -51,6 +51,9 @@ with open(path, "w") as f:
 PY
 bytes=$(stat -c %s "$dir/attempt=1.log")
 lines=$(wc -l < "$dir/attempt=1.log")
+# The sink exits once it has accepted every line; the waits below poll with shell
+# builtins only, so nothing but logship runs on CPU 0 and nothing but the sink on CPU 1.
+taskset -c 1 "$sink" "$port" "$lines" >/dev/null & sinkpid=$!; pids+=($sinkpid)
 sleep 0.5
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench
@@ -59,9 +62,9 @@ start=$(date +%s.%N)
 taskset -c 0 "$bin" --path "$work/logs/**/*.log" --output firehose:bench \
   --state-dir "$work/state" --admin-addr "$admin" --log-format json 2>"$work/logship.log" &
 pid=$!; pids+=($pid)
-while (( $(stat_lines) < lines )); do
+while kill -0 "$sinkpid" 2>/dev/null; do
   kill -0 "$pid" 2>/dev/null || { cat "$work/logship.log"; exit 1; }
-  sleep 0.05
+  nap 0.02
 done
 end=$(date +%s.%N)
 cpu=$(cpu_secs "$pid")
@@ -73,12 +76,16 @@ kill -TERM "$pid"; wait "$pid" || true
 
 # The same backlog to stdout (→ /dev/null): tailing, parsing and encoding without the
 # Firehose client (base64, JSON, SigV4 hashing, HTTP), to show where the CPU goes.
-taskset -c 0 "$bin" --path "$work/logs/**/*.log" --output stdout \
-  --state-dir "$work/state3" --admin-addr "$admin" --log-format json 2>/dev/null >/dev/null &
-pid=$!; pids+=($pid)
-sent() { curl -s "http://$admin/metrics" | awk '$1 ~ /^logship_records_sent_total/ {print $2; f=1} END {if (!f) print 0}'; }
+# The reader on CPU 1 marks the moment it has seen every line, then keeps draining.
 s0=$(date +%s.%N)
-while (( $(sent) < lines )); do sleep 0.05; done
+taskset -c 0 "$bin" --path "$work/logs/**/*.log" --output stdout \
+  --state-dir "$work/state3" --admin-addr "$admin" --log-format json 2>/dev/null \
+  > >(taskset -c 1 sh -c "head -n $lines >/dev/null; : > '$work/stdout-done'; exec cat >/dev/null") &
+pid=$!; pids+=($pid)
+while [[ ! -e $work/stdout-done ]]; do
+  kill -0 "$pid" 2>/dev/null || { echo "logship (stdout) exited early" >&2; exit 1; }
+  nap 0.02
+done
 s1=$(date +%s.%N)
 stdout_cpu=$(cpu_secs "$pid")
 stdout_secs=$(python3 -c "print($s1 - $s0)")

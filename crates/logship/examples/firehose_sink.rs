@@ -5,7 +5,11 @@
 //! (logship's start-up check) and PutRecordBatch (accepts every record, base64-decodes
 //! it and counts the NDJSON lines inside). `GET /stats` answers the counts as JSON.
 //!
-//!     cargo run --release -p logship --example firehose_sink -- PORT
+//!     cargo run --release -p logship --example firehose_sink -- PORT [EXPECT_LINES]
+//!
+//! With EXPECT_LINES the sink exits (status 0) as soon as it has accepted that many
+//! lines, so a benchmark can wait for it without polling `/stats`: a poller that
+//! starts a process every few milliseconds takes CPU from the daemon being measured.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +27,8 @@ struct Stats {
     records: AtomicU64,
     lines: AtomicU64,
     bytes: AtomicU64,
+    /// Exit once this many lines were accepted.
+    expect: Option<u64>,
 }
 
 fn reply(body: Value) -> http::Response<Full<Bytes>> {
@@ -58,8 +64,8 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if target.ends_with("DescribeDeliveryStream") {
+        let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let name = doc["DeliveryStreamName"].as_str().unwrap_or("bench");
         return Ok(reply(json!({"DeliveryStreamDescription": {
             "DeliveryStreamName": name,
@@ -71,9 +77,27 @@ async fn handle(
             "HasMoreDestinations": false,
         }})));
     }
-    let records = doc["Records"].as_array().cloned().unwrap_or_default();
+    // Answer first, count after: like the real service, the sink's own work does not
+    // hold up the caller, so the benchmark measures logship rather than this parser.
+    // The answer needs only the number of records; each record is one `"Data":` member.
+    let n = memchr::memmem::find_iter(&body, b"\"Data\":").count();
+    let answers: Vec<Value> = (0..n).map(|_| json!({"RecordId": "r"})).collect();
+    tokio::spawn(async move {
+        let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        count(
+            &stats,
+            doc["Records"].as_array().map_or(&[][..], Vec::as_slice),
+        );
+    });
+    Ok(reply(
+        json!({"FailedPutCount": 0, "Encrypted": false, "RequestResponses": answers}),
+    ))
+}
+
+/// Decodes each record and counts its NDJSON lines; exits when the expected count is in.
+fn count(stats: &Stats, records: &[Value]) {
     let (mut lines, mut bytes) = (0u64, 0u64);
-    for r in &records {
+    for r in records {
         let data =
             aws_smithy_types::base64::decode(r["Data"].as_str().unwrap_or("")).unwrap_or_default();
         bytes += data.len() as u64;
@@ -83,12 +107,12 @@ async fn handle(
     stats
         .records
         .fetch_add(records.len() as u64, Ordering::Relaxed);
-    stats.lines.fetch_add(lines, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-    let answers: Vec<Value> = records.iter().map(|_| json!({"RecordId": "r"})).collect();
-    Ok(reply(
-        json!({"FailedPutCount": 0, "Encrypted": false, "RequestResponses": answers}),
-    ))
+    let total = stats.lines.fetch_add(lines, Ordering::Relaxed) + lines;
+    if stats.expect.is_some_and(|n| total >= n) {
+        println!("lines={total}");
+        std::process::exit(0);
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -100,7 +124,13 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
-    let stats = Arc::new(Stats::default());
+    let expect = std::env::args()
+        .nth(2)
+        .map(|n| n.parse().expect("EXPECT_LINES: a count"));
+    let stats = Arc::new(Stats {
+        expect,
+        ..Stats::default()
+    });
     loop {
         let (stream, _) = listener.accept().await.expect("accept");
         let _ = stream.set_nodelay(true);

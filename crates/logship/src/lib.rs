@@ -304,3 +304,12 @@ async fn checkpoint_loop(ledger: Arc<Ledger>, stop: Shutdown) {
         metrics::gauge!("logship_checkpoint_age_seconds").set(last_write.elapsed().as_secs_f64());
     }
 }
+
+/// Sleeps until `deadline`, or forever when there is none (a `select!` branch that
+/// only fires when something is due).
+pub(crate) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

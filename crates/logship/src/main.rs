@@ -8,6 +8,9 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli.log.init_tracing();
     airside_core::memory::init();
+    // Every Firehose call builds a body of up to 2.7 MB (base64 JSON): reuse the
+    // buffers rather than fault in fresh pages for each call.
+    airside_core::memory::keep_freed_buffers(8 << 20);
     match cli.command {
         Some(Command::Healthcheck {
             admin_addr,

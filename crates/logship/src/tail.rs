@@ -316,6 +316,16 @@ impl Tailer {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Walk first, so that a file the walk finds is read in this same pass
+            // rather than at the next event or poll.
+            if self.walk_requested || tokio::time::Instant::now() >= next_walk {
+                let why = if self.walk_requested { "event" } else { "poll" };
+                self.walk_requested = false;
+                self.ensure_watchers();
+                self.walk(why);
+                self.housekeeping().await?;
+                next_walk = tokio::time::Instant::now() + poll;
+            }
             let moved = self.pass().await?;
             if moved {
                 last_moved = Instant::now();
@@ -326,20 +336,16 @@ impl Tailer {
                 airside_core::memory::release();
                 released = true;
             }
-            if self.walk_requested || tokio::time::Instant::now() >= next_walk {
-                let why = if self.walk_requested { "event" } else { "poll" };
-                self.walk_requested = false;
-                self.ensure_watchers();
-                self.walk(why);
-                self.housekeeping().await?;
-                next_walk = tokio::time::Instant::now() + poll;
-            }
             if moved {
                 tokio::task::yield_now().await;
                 continue;
             }
+            // A traceback waiting for its next line is sent when --multiline-timeout
+            // is up, not at the next event or poll, which may be much later.
+            let multiline = self.next_multiline_deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = crate::sleep_until_some(multiline), if multiline.is_some() => {}
                 ev = events.recv() => {
                     if ev == Some(true) {
                         self.walk_requested = true;
@@ -352,6 +358,16 @@ impl Tailer {
             }
         }
         self.drain().await
+    }
+
+    /// When the earliest pending multiline record (a traceback that may go on) is due.
+    fn next_multiline_deadline(&self) -> Option<tokio::time::Instant> {
+        self.streams
+            .values()
+            .filter(|st| st.asm.has_pending())
+            .map(|st| st.last_data + self.settings.multiline_timeout)
+            .min()
+            .map(tokio::time::Instant::from_std)
     }
 
     /// Reads every followed file up to its size at this moment, sends what is left

@@ -135,7 +135,7 @@ impl FirehoseOutput {
                         return Ok(());
                     }
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => {
+                _ = crate::sleep_until_some(deadline), if deadline.is_some() => {
                     self.flush(&mut batch, &mut retrier).await?;
                 }
             }
@@ -266,13 +266,6 @@ impl FirehoseOutput {
                 Err(e) => retrier.failed(classify(&e), describe(&e)).await?,
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airside_testkit::{EmptyRoot, dist_binary, moto};
 use serde_json::Value;
@@ -324,6 +324,61 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
         .collect();
     let polled: Vec<&Value> = recs.iter().filter(|r| r["dag_id"] == "poll").collect();
     assert_eq!(polled.len(), 5);
+    d.sigterm();
+    assert!(d.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// The last line of a file may still be followed by traceback lines, so it waits
+/// `--multiline-timeout`; it must then go out on time, not at the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut d = Daemon::start(
+        &[
+            s("--path"),
+            format!("{}/*.log", logs.display()),
+            s("--output"),
+            s("stdout"),
+            s("--state-dir"),
+            tmp.path().join("state").display().to_string(),
+            s("--poll-interval"),
+            s("10m"),
+            s("--multiline-timeout"),
+            s("300ms"),
+        ],
+        &moto().endpoint(),
+        tmp.path(),
+        true,
+    );
+    d.wait_ready().await;
+    let lines = d.stdout_lines.clone().unwrap();
+    let mut f = std::fs::File::create(logs.join("held.log")).unwrap();
+    writeln!(f, "Traceback (most recent call last):").unwrap();
+    writeln!(f, "  File \"dag.py\", line 1, in <module>").unwrap();
+    f.flush().unwrap();
+    let written = Instant::now();
+    // Nothing else happens in the directory: no event and no poll (10 minutes away)
+    // wakes the tailer, only the timeout can.
+    let l = lines.clone();
+    eventually(Duration::from_secs(10), "the held traceback", || {
+        let l = l.clone();
+        async move { l.lock().unwrap().iter().any(|x| x.contains("dag.py")) }
+    })
+    .await;
+    let waited = written.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "sent after {waited:?}, before the multiline timeout"
+    );
+    let recs: Vec<Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 1, "the traceback is one record: {recs:?}");
     d.sigterm();
     assert!(d.wait_exit(Duration::from_secs(30)).await.success());
 }
