@@ -394,7 +394,7 @@ pub fn encode(
         );
         return;
     }
-    let first_line_end = text.find('\n').unwrap_or(text.len());
+    let first_line_end = memchr::memchr(b'\n', text.as_bytes()).unwrap_or(text.len());
     if let Some(a2) = parse_airflow2(&text[..first_line_end]) {
         // The message keeps any continuation lines (a traceback) after the first line.
         let message_start = first_line_end - a2.message.len();

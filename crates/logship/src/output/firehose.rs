@@ -8,6 +8,7 @@
 //! re-sent, so a partial failure cannot duplicate them. Chunks are acknowledged
 //! only after every record holding their lines was accepted.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +45,23 @@ pub struct FirehoseOutput {
     acker: Acker,
 }
 
+/// One PutRecordBatch call being filled. Record bytes are not copied into the batch:
+/// it keeps the chunks its records come from, and each Firehose record is a range of
+/// the output's byte stream (every chunk's data, one after the other). The bytes are
+/// copied once per attempt, straight into the request; a partial failure rebuilds only
+/// the failed records from the same chunks.
 #[derive(Default)]
 struct Batch {
-    records: Vec<Vec<u8>>,
+    /// Chunks the records draw on, each with where its data starts in the stream.
+    chunks: Vec<(u64, Arc<Chunk>)>,
+    /// Where the next chunk's data starts in the stream (kept across batches).
+    stream_end: u64,
+    /// Closed records.
+    records: Vec<Range<u64>>,
     /// NDJSON lines in each record (for metrics).
     lines: Vec<u32>,
-    current: Vec<u8>,
+    /// The record being packed (empty when none).
+    current: Range<u64>,
     current_lines: u32,
     bytes: usize,
     acks: Vec<(u64, u64)>,
@@ -57,10 +69,24 @@ struct Batch {
 }
 
 impl Batch {
+    /// Makes `chunk`'s data part of the stream; returns where it starts.
+    fn attach(&mut self, chunk: Arc<Chunk>) -> u64 {
+        let base = self.stream_end;
+        self.stream_end += chunk.data.len() as u64;
+        self.chunks.push((base, chunk));
+        base
+    }
+
+    fn current_len(&self) -> usize {
+        (self.current.end - self.current.start) as usize
+    }
+
     fn close_current(&mut self) {
         if !self.current.is_empty() {
-            self.bytes += self.current.len();
-            self.records.push(std::mem::take(&mut self.current));
+            self.bytes += self.current_len();
+            let end = self.current.end;
+            self.records
+                .push(std::mem::replace(&mut self.current, end..end));
             self.lines.push(std::mem::take(&mut self.current_lines));
         }
     }
@@ -72,19 +98,38 @@ impl Batch {
     /// Whether a line of `len` bytes cannot join this batch without breaking a
     /// PutRecordBatch limit, so the batch must be sent first.
     fn is_full_for(&self, len: usize, record_size: usize) -> bool {
-        let joins_current = self.current.is_empty() || self.current.len() + len <= record_size;
+        let current = self.current_len();
+        let joins_current = current == 0 || current + len <= record_size;
         let records_after = self.records.len() + if joins_current { 1 } else { 2 };
-        records_after > MAX_BATCH_RECORDS || self.bytes + self.current.len() + len > MAX_BATCH_BYTES
+        records_after > MAX_BATCH_RECORDS || self.bytes + current + len > MAX_BATCH_BYTES
     }
 
-    /// Adds one NDJSON line, packing it into the current Firehose record when it fits.
-    fn push(&mut self, line: &[u8], record_size: usize) {
-        if !self.current.is_empty() && self.current.len() + line.len() > record_size {
+    /// Adds the NDJSON line at `at..at + len` of the stream (lines come in stream
+    /// order), packing it into the current Firehose record when it fits.
+    fn push(&mut self, at: u64, len: usize, record_size: usize) {
+        if !self.current.is_empty() && self.current_len() + len > record_size {
             self.close_current();
         }
-        self.current.extend_from_slice(line);
+        if self.current.is_empty() {
+            self.current = at..at;
+        }
+        debug_assert_eq!(self.current.end, at, "lines arrive in stream order");
+        self.current.end = at + len as u64;
         self.current_lines += 1;
     }
+}
+
+/// The bytes of `range` of the stream, from the chunks that hold them.
+fn record_bytes(chunks: &[(u64, Arc<Chunk>)], range: &Range<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    for (base, chunk) in chunks {
+        let from = range.start.max(*base);
+        let to = range.end.min(base + chunk.data.len() as u64);
+        if from < to {
+            out.extend_from_slice(&chunk.data[(from - base) as usize..(to - base) as usize]);
+        }
+    }
+    out
 }
 
 impl FirehoseOutput {
@@ -145,16 +190,22 @@ impl FirehoseOutput {
     async fn add(
         &self,
         batch: &mut Batch,
-        chunk: &Chunk,
+        chunk: &Arc<Chunk>,
         retrier: &mut Retrier,
     ) -> Result<(), OutputError> {
         batch.first_at.get_or_insert_with(Instant::now);
-        for rec in chunk.records() {
-            if batch.is_full_for(rec.len(), self.record_size) {
+        let base = batch.attach(chunk.clone());
+        let mut start = 0u32;
+        for &end in &chunk.ends {
+            let len = (end - start) as usize;
+            if batch.is_full_for(len, self.record_size) {
                 self.flush(batch, retrier).await?;
+                // The rest of this chunk goes into the next batch.
+                batch.chunks.push((base, chunk.clone()));
                 batch.first_at = Some(Instant::now());
             }
-            batch.push(rec, self.record_size);
+            batch.push(base + u64::from(start), len, self.record_size);
+            start = end;
         }
         batch.acks.push((chunk.file, chunk.end));
         Ok(())
@@ -162,6 +213,7 @@ impl FirehoseOutput {
 
     async fn flush(&self, batch: &mut Batch, retrier: &mut Retrier) -> Result<(), OutputError> {
         batch.close_current();
+        let chunks = std::mem::take(&mut batch.chunks);
         if batch.is_empty() {
             batch.first_at = None;
             return Ok(());
@@ -170,7 +222,7 @@ impl FirehoseOutput {
         let lines: u64 = batch.lines.drain(..).map(u64::from).sum();
         let bytes = std::mem::take(&mut batch.bytes);
         if !records.is_empty() {
-            self.put_batch(records, retrier).await?;
+            self.put_batch(&chunks, records, retrier).await?;
             metrics::counter!("logship_records_sent_total", "output" => self.name.clone())
                 .increment(lines);
             metrics::counter!("logship_bytes_sent_total", "output" => self.name.clone())
@@ -191,15 +243,16 @@ impl FirehoseOutput {
     /// Sends records until every one was accepted, re-sending only the failed ones.
     async fn put_batch(
         &self,
-        mut pending: Vec<Vec<u8>>,
+        chunks: &[(u64, Arc<Chunk>)],
+        mut pending: Vec<Range<u64>>,
         retrier: &mut Retrier,
     ) -> Result<(), OutputError> {
         loop {
             let records: Vec<Record> = pending
                 .iter()
-                .map(|data| {
+                .map(|range| {
                     Record::builder()
-                        .data(Blob::new(data.clone()))
+                        .data(Blob::new(record_bytes(chunks, range)))
                         .build()
                         .expect("data is set")
                 })
@@ -234,10 +287,10 @@ impl FirehoseOutput {
                     }
                     let mut throttled = false;
                     let mut first_error = String::new();
-                    let failed: Vec<Vec<u8>> = pending
+                    let failed: Vec<Range<u64>> = pending
                         .into_iter()
                         .zip(responses)
-                        .filter_map(|(data, r)| {
+                        .filter_map(|(range, r)| {
                             let code = r.error_code()?;
                             throttled |=
                                 code == "ServiceUnavailableException" || code.contains("Throttl");
@@ -245,7 +298,7 @@ impl FirehoseOutput {
                                 first_error =
                                     format!("{code}: {}", r.error_message().unwrap_or(""));
                             }
-                            Some(data)
+                            Some(range)
                         })
                         .collect();
                     metrics::counter!("logship_records_failed_total", "output" => self.name.clone())
@@ -274,21 +327,45 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Packs lines the way the output does, sending (collecting) batches when full.
+    /// Packs lines the way the output does (all in one chunk), sending (collecting) batches
+    /// when full.
     fn pack(lines: &[Vec<u8>], record_size: usize) -> Vec<Vec<Vec<u8>>> {
-        let mut batch = Batch::default();
-        let mut sent = Vec::new();
-        for line in lines {
-            if batch.is_full_for(line.len(), record_size) {
-                batch.close_current();
-                sent.push(std::mem::take(&mut batch.records));
-                batch = Batch::default();
-            }
-            batch.push(line, record_size);
+        let mut ends = Vec::new();
+        for l in lines {
+            ends.push(ends.last().copied().unwrap_or(0) + l.len() as u32);
         }
-        batch.close_current();
-        if !batch.records.is_empty() {
-            sent.push(batch.records);
+        let chunk = Arc::new(Chunk {
+            data: lines.concat(),
+            ends,
+            file: 1,
+            end: 0,
+            meta: Arc::new(crate::record::FileMeta::new("/x.log", 1, None)),
+        });
+        let mut batch = Batch::default();
+        let base = batch.attach(chunk.clone());
+        let mut sent = Vec::new();
+        let mut send = |batch: &mut Batch| {
+            batch.close_current();
+            let records = std::mem::take(&mut batch.records);
+            sent.push(
+                records
+                    .iter()
+                    .map(|r| record_bytes(&batch.chunks, r))
+                    .collect::<Vec<_>>(),
+            );
+            batch.bytes = 0;
+        };
+        let mut start = 0u32;
+        for &end in &chunk.ends {
+            let len = (end - start) as usize;
+            if batch.is_full_for(len, record_size) {
+                send(&mut batch);
+            }
+            batch.push(base + u64::from(start), len, record_size);
+            start = end;
+        }
+        if !batch.current.is_empty() {
+            send(&mut batch);
         }
         sent
     }
