@@ -8,6 +8,8 @@
 //!   prove faults really happened.
 //! * [`EmptyRoot`]: a chroot holding only a static binary, `/etc/hosts` and
 //!   `/etc/resolv.conf`, to prove the binaries run in a FROM-scratch image.
+//! * [`KillOnDrop`]: a daemon child process, killed when dropped, with SIGTERM and a
+//!   bounded wait for its exit; [`free_addr`] picks the loopback address it listens on.
 //! * Small helpers: unique resource names, AWS environment for child processes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -15,9 +17,11 @@
 mod empty_root;
 mod fault_proxy;
 mod moto;
+mod process;
 
 pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
 pub use fault_proxy::{
     ExchangeRewrite, Fault, FaultPlan, FaultProxy, FaultStats, ResponseFix, ResponseRewrite,
 };
 pub use moto::{Moto, moto, unique_name, workspace_root};
+pub use process::{KillOnDrop, free_addr};

@@ -82,6 +82,12 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `http://localhost:PORT`: the endpoint for a binary in an [`crate::EmptyRoot`], which
+    /// can only reach moto by name through the root's `/etc/hosts`.
+    pub fn localhost_endpoint(&self) -> String {
+        format!("http://localhost:{}", self.port)
+    }
+
     /// An SDK config pointing at moto with static test credentials (no process env touched).
     pub async fn sdk_config(&self) -> SdkConfig {
         self.sdk_config_for(&self.endpoint()).await

@@ -4,10 +4,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use airside_testkit::{EmptyRoot, Fault, FaultPlan, FaultProxy, dist_binary, moto};
+use airside_testkit::{
+    EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, free_addr, moto,
+};
 use rand::{Rng, SeedableRng};
 use support::*;
 
@@ -69,6 +72,17 @@ async fn syncs_a_large_nested_tree_exactly_and_nothing_outside_dest() {
     assert_eq!(err.matches("skipping key").count(), 3, "{err}");
     assert!(err.contains("\"downloaded\":1052"), "{err}");
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
+}
+
+/// Inode and mtime of every synced file: equal before and after a run that rewrote nothing.
+fn file_identities(dest: &Path) -> BTreeMap<String, (u64, i64, i64)> {
+    snapshot(dest)
+        .keys()
+        .map(|k| {
+            let m = std::fs::metadata(dest.join(k)).unwrap();
+            (k.clone(), (m.ino(), m.mtime_nsec(), m.mtime()))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,13 +151,7 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     assert!(!dest.path().join("d.py").exists());
 
     // Restart against an unchanged prefix: one list request, no GetObject, files untouched.
-    let before: BTreeMap<_, _> = snapshot(dest.path())
-        .keys()
-        .map(|k| {
-            let m = std::fs::metadata(dest.path().join(k)).unwrap();
-            (k.clone(), (m.ino(), m.mtime_nsec(), m.mtime()))
-        })
-        .collect();
+    let before = file_identities(dest.path());
     let requests_before = proxy.stats().requests();
     let (status, _, err) = run_once(&proxy.endpoint(), &args);
     assert!(status.success(), "{err}");
@@ -153,13 +161,7 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
         "only one ListObjectsV2 page"
     );
     assert!(err.contains("\"downloaded\":0"), "{err}");
-    let after: BTreeMap<_, _> = snapshot(dest.path())
-        .keys()
-        .map(|k| {
-            let m = std::fs::metadata(dest.path().join(k)).unwrap();
-            (k.clone(), (m.ino(), m.mtime_nsec(), m.mtime()))
-        })
-        .collect();
+    let after = file_identities(dest.path());
     assert_eq!(before, after);
 
     // A local edit of a synced file is repaired; the hand-written file stays.
@@ -187,7 +189,14 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
     let d = dest.path().to_str().unwrap().to_string();
     let source = format!("s3://{bucket}/g/");
     let endpoint = moto().endpoint();
-    let (status, _, err) = run_once(&endpoint, &["--once", "--source", &source, "--dest", &d]);
+    // `dagsync --once EXTRA... --source SOURCE --dest D` against `endpoint`.
+    let once = |endpoint: &str, extra: &[&str]| {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--source", &source, "--dest", &d]);
+        run_once(endpoint, &args)
+    };
+    let (status, _, err) = once(&endpoint, &[]);
     assert!(status.success(), "{err}");
     let synced = snapshot(dest.path());
     assert_eq!(synced.len(), 4);
@@ -196,87 +205,30 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
     for k in ["g/b.py", "g/c.py", "g/d.py"] {
         delete(&s3, &bucket, k).await;
     }
-    let (status, _, err) = run_once(
-        &endpoint,
-        &[
-            "--once",
-            "--max-delete",
-            "2",
-            "--source",
-            &source,
-            "--dest",
-            &d,
-        ],
-    );
+    let (status, _, err) = once(&endpoint, &["--max-delete", "2"]);
     assert_eq!(status.code(), Some(5), "{err}");
     assert!(err.contains("--max-delete 2 allows 2"), "{err}");
     assert_eq!(snapshot(dest.path()), synced);
 
     // The dry run shows the refusal and changes nothing.
-    let (status, out, _) = run_once(
-        &endpoint,
-        &[
-            "--once",
-            "--dry-run",
-            "--max-delete",
-            "2",
-            "--source",
-            &source,
-            "--dest",
-            &d,
-        ],
-    );
+    let (status, out, _) = once(&endpoint, &["--dry-run", "--max-delete", "2"]);
     assert_eq!(status.code(), Some(5));
     assert!(out.contains("! b.py (deletion refused)"), "{out}");
-    let (status, out, _) = run_once(
-        &endpoint,
-        &[
-            "--once",
-            "--dry-run",
-            "--max-delete",
-            "3",
-            "--source",
-            &source,
-            "--dest",
-            &d,
-        ],
-    );
+    let (status, out, _) = once(&endpoint, &["--dry-run", "--max-delete", "3"]);
     assert_eq!(status.code(), Some(0));
     assert!(out.contains("- c.py"), "{out}");
     assert_eq!(snapshot(dest.path()), synced);
 
     // Empty prefix: refused even with a generous cap.
     delete(&s3, &bucket, "g/a.py").await;
-    let (status, _, err) = run_once(
-        &endpoint,
-        &[
-            "--once",
-            "--max-delete",
-            "100%",
-            "--source",
-            &source,
-            "--dest",
-            &d,
-        ],
-    );
+    let (status, _, err) = once(&endpoint, &["--max-delete", "100%"]);
     assert_eq!(status.code(), Some(5), "{err}");
     assert!(err.contains("listing is empty"), "{err}");
     assert_eq!(snapshot(dest.path()), synced);
 
     // A failed listing (every request answered 500) deletes nothing; exit 1 after retries.
     let proxy = FaultProxy::start(&endpoint, FaultPlan::only(1.0, &[Fault::InternalError]));
-    let (status, _, err) = run_once(
-        &proxy.endpoint(),
-        &[
-            "--once",
-            "--max-delete",
-            "100%",
-            "--source",
-            &source,
-            "--dest",
-            &d,
-        ],
-    );
+    let (status, _, err) = once(&proxy.endpoint(), &["--max-delete", "100%"]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("ListObjectsV2 failed"), "{err}");
     assert_eq!(snapshot(dest.path()), synced);
@@ -304,10 +256,7 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
 
     // Exit 3: access denied, after retries.
     let denied = FaultProxy::start(&endpoint, FaultPlan::only(1.0, &[Fault::AccessDenied]));
-    let (status, _, err) = run_once(
-        &denied.endpoint(),
-        &["--once", "--source", &source, "--dest", &d],
-    );
+    let (status, _, err) = once(&denied.endpoint(), &[]);
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(err.contains("AccessDenied"), "{err}");
 
@@ -341,7 +290,7 @@ async fn converges_through_injected_faults_and_keeps_running() {
     put_many(&s3, &bucket, &objects).await;
     let proxy = FaultProxy::start(&moto().endpoint(), FaultPlan::all(0.3));
     let dest = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let admin = free_addr();
     let mut daemon = Daemon::start(
         &proxy.endpoint(),
         &[
@@ -356,7 +305,7 @@ async fn converges_through_injected_faults_and_keeps_running() {
             "--max-staleness",
             "5s",
             "--admin-addr",
-            &format!("127.0.0.1:{port}"),
+            &admin.to_string(),
         ],
     );
     let want = expected_tree(&objects, "f/");
@@ -388,7 +337,7 @@ async fn converges_through_injected_faults_and_keeps_running() {
     ] {
         assert!(proxy.stats().injected(f) > 0, "{f:?} was never injected");
     }
-    let (_, metrics) = http_get(port, "/metrics");
+    let (_, metrics) = http_get(admin, "/metrics");
     assert!(
         metrics.contains("dagsync_syncs_total{result=\"changed\"}"),
         "{metrics}"
@@ -461,7 +410,7 @@ async fn sigkill_never_leaves_partial_files() {
                 "--concurrency",
                 "4",
                 "--admin-addr",
-                &format!("127.0.0.1:{}", free_port()),
+                &free_addr().to_string(),
             ],
         );
         std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
@@ -505,8 +454,8 @@ async fn health_readiness_metrics_and_healthcheck() {
     // Start with every request failing: alive but not ready.
     let proxy = FaultProxy::start(&moto().endpoint(), FaultPlan::only(1.0, &[Fault::SlowDown]));
     let dest = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin = format!("127.0.0.1:{port}");
+    let admin_addr = free_addr();
+    let admin = admin_addr.to_string();
     let mut daemon = Daemon::start(
         &proxy.endpoint(),
         &[
@@ -527,10 +476,10 @@ async fn health_readiness_metrics_and_healthcheck() {
         ],
     );
     assert!(wait_until(Duration::from_secs(20), || http_get(
-        port, "/healthz"
+        admin_addr, "/healthz"
     )
     .0 == 200));
-    let (status, body) = http_get(port, "/readyz");
+    let (status, body) = http_get(admin_addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no successful sync yet"), "{body}");
     let hc = |admin: &str| {
@@ -544,7 +493,7 @@ async fn health_readiness_metrics_and_healthcheck() {
 
     // Wait for a failed cycle (the SDK's own retries come first) before S3 comes back.
     assert!(
-        wait_until(Duration::from_secs(60), || http_get(port, "/metrics")
+        wait_until(Duration::from_secs(60), || http_get(admin_addr, "/metrics")
             .1
             .contains("dagsync_syncs_total{result=\"error\"}")),
         "{}",
@@ -552,13 +501,14 @@ async fn health_readiness_metrics_and_healthcheck() {
     );
     proxy.set_rate(0.0);
     assert!(
-        wait_until(Duration::from_secs(60), || http_get(port, "/readyz").0
+        wait_until(Duration::from_secs(60), || http_get(admin_addr, "/readyz")
+            .0
             == 200),
         "{}",
         daemon.logs()
     );
     assert_eq!(hc(&admin), Some(0));
-    let (_, m) = http_get(port, "/metrics");
+    let (_, m) = http_get(admin_addr, "/metrics");
     for name in [
         "dagsync_syncs_total{result=\"changed\"}",
         "dagsync_syncs_total{result=\"error\"}",
@@ -574,11 +524,11 @@ async fn health_readiness_metrics_and_healthcheck() {
     // S3 goes away again: after --ready-max-age without a success, not ready.
     proxy.set_rate(1.0);
     assert!(wait_until(Duration::from_secs(30), || http_get(
-        port, "/readyz"
+        admin_addr, "/readyz"
     )
     .0 == 503));
     assert!(
-        http_get(port, "/readyz")
+        http_get(admin_addr, "/readyz")
             .1
             .contains("last successful sync was")
     );
@@ -610,7 +560,7 @@ fn local_source_with_watch_syncs_on_change() {
             "--max-staleness",
             "120s",
             "--admin-addr",
-            &format!("127.0.0.1:{}", free_port()),
+            &free_addr().to_string(),
         ],
     );
     assert!(
@@ -664,14 +614,7 @@ async fn static_binary_runs_from_an_empty_root() {
             "--dest",
             "/dags",
         ])
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://localhost:{}", moto().port()),
-        )
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(Moto::env_for(&moto().localhost_endpoint()))
         .output()
         .unwrap();
     assert!(

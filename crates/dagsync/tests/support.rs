@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use airside_testkit::{Moto, moto, unique_name};
+use airside_testkit::{KillOnDrop, Moto, moto, unique_name};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
@@ -104,7 +105,7 @@ pub fn run_once<S: AsRef<std::ffi::OsStr>>(
 
 /// A dagsync daemon child, killed (SIGKILL) on drop.
 pub struct Daemon {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub log: PathBuf,
     _logdir: tempfile::TempDir,
 }
@@ -122,7 +123,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         Self {
-            child,
+            child: KillOnDrop::new(child),
             log,
             _logdir: logdir,
         }
@@ -142,28 +143,10 @@ impl Daemon {
 
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dagsync did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.sigterm();
+        self.child
+            .wait_exit(within)
+            .expect("dagsync did not stop after SIGTERM")
     }
 }
 
@@ -179,17 +162,11 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+/// A blocking `GET path` against the admin server at `addr`: (status, body); (0, "") when
+/// nothing listens there.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -7,10 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use airside_core::shutdown::Shutdown;
 use airside_testkit::{Fault, FaultPlan, FaultProxy, moto, unique_name};
 use common::*;
-use metricship::{Daemon, Output};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backlog_drops_the_oldest_and_counts_them() {
@@ -35,20 +33,9 @@ async fn a_full_backlog_drops_the_oldest_and_counts_them() {
     let mut config = test_config(&ns, &run);
     config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
     config.backlog_datums = 3;
-    let shutdown = Shutdown::new();
-    let daemon = Daemon::start(config, Output::CloudWatch(daemon_cw), shutdown.clone())
-        .await
-        .unwrap();
-    let statsd = daemon.statsd_udp_addr();
-    let admin = daemon.admin_addr();
-    let waiter = tokio::spawn(daemon.wait());
-    eventually("readiness", Duration::from_secs(10), || async {
-        let (s, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .ok()?;
-        (s == 200).then_some(())
-    })
-    .await;
+    let daemon = Running::start(config, daemon_cw).await;
+    let (statsd, admin) = (daemon.statsd, daemon.admin);
+    daemon.wait_ready().await;
     proxy.set_rate(1.0);
     for i in 1..=6u32 {
         set_gauge_and_await_flush(statsd, admin, i).await;
@@ -80,10 +67,5 @@ async fn a_full_backlog_drops_the_oldest_and_counts_them() {
             >= 3.0,
         "{body}"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), waiter)
-        .await
-        .expect("daemon stopped in time")
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 }

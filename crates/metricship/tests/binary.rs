@@ -4,35 +4,19 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use airside_testkit::{
-    EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, moto, unique_name,
+    EmptyRoot, Fault, FaultPlan, FaultProxy, KillOnDrop, Moto, dist_binary, free_addr, moto,
+    unique_name,
 };
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_metricship");
-
-/// Kills the child on every path out of a test.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn wait_ready(admin: SocketAddr, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -54,24 +38,16 @@ fn wait_ready(admin: SocketAddr, child: &mut Child) {
     }
 }
 
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+fn wait_exit(child: &mut KillOnDrop, within: Duration) -> ExitStatus {
+    child
+        .wait_exit(within)
+        .expect("metricship did not exit in time")
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "metricship did not exit in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// SIGTERM, then the exit status (within 20 s).
+fn terminate(child: &mut KillOnDrop) -> ExitStatus {
+    child.sigterm();
+    wait_exit(child, Duration::from_secs(20))
 }
 
 fn send_unix(path: &Path, packets: &[String]) {
@@ -84,7 +60,7 @@ fn send_unix(path: &Path, packets: &[String]) {
 #[test]
 fn healthcheck_fails_without_a_daemon() {
     let status = Command::new(BIN)
-        .args(["healthcheck", "--admin-addr", &free_port().to_string()])
+        .args(["healthcheck", "--admin-addr", &free_addr().to_string()])
         .stderr(Stdio::null())
         .status()
         .unwrap();
@@ -106,7 +82,7 @@ fn bad_configuration_exits_2() {
     ] {
         let out = Command::new(BIN)
             .args(&args)
-            .args(["--admin-addr", &free_port().to_string()])
+            .args(["--admin-addr", &free_addr().to_string()])
             .args(["--statsd-addr", "127.0.0.1:0"])
             .env("METRICSHIP_LOG_FORMAT", "text")
             .output()
@@ -124,8 +100,8 @@ fn bad_configuration_exits_2() {
 fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("statsd.sock");
-    let admin = free_port();
-    let mut child = Guard(
+    let admin = free_addr();
+    let mut child = KillOnDrop::new(
         Command::new(BIN)
             .args(["--emf", "--high-resolution", "--flush-interval", "1h"])
             .args(["--statsd-addr", &format!("unix://{}", sock.display())])
@@ -137,7 +113,7 @@ fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    wait_ready(admin, &mut child.0);
+    wait_ready(admin, &mut child);
     send_unix(
         &sock,
         &[
@@ -148,12 +124,10 @@ fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
     );
     // Nothing is written before the interval ends (1h): SIGTERM must flush it.
     std::thread::sleep(Duration::from_millis(300));
-    sigterm(&child.0);
-    let status = wait_exit(&mut child.0, Duration::from_secs(20));
+    let status = terminate(&mut child);
     assert_eq!(status.code(), Some(0));
     let mut stdout = String::new();
     child
-        .0
         .stdout
         .take()
         .unwrap()
@@ -180,11 +154,11 @@ fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
 
 #[test]
 fn hostile_senders_cannot_crash_or_stall_it() {
-    let admin = free_port();
+    let admin = free_addr();
     let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let statsd_addr = statsd.local_addr().unwrap();
     drop(statsd);
-    let mut child = Guard(
+    let mut child = KillOnDrop::new(
         Command::new(BIN)
             .args([
                 "--no-cloudwatch",
@@ -200,7 +174,7 @@ fn hostile_senders_cannot_crash_or_stall_it() {
             .spawn()
             .unwrap(),
     );
-    wait_ready(admin, &mut child.0);
+    wait_ready(admin, &mut child);
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut rng_state = 0x9e3779b97f4a7c15u64;
     let mut next = || {
@@ -237,17 +211,13 @@ fn hostile_senders_cannot_crash_or_stall_it() {
         })
         .await
     });
-    assert!(child.0.try_wait().unwrap().is_none(), "metricship died");
+    assert!(child.try_wait().unwrap().is_none(), "metricship died");
     assert!(
         sample(&body, "metricship_live_series").unwrap() <= 500.0,
         "{body}"
     );
     assert!(sample(&body, "metricship_packets_truncated_total").unwrap() >= 1.0);
-    sigterm(&child.0);
-    assert_eq!(
-        wait_exit(&mut child.0, Duration::from_secs(20)).code(),
-        Some(0)
-    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
 }
 
 /// The static binary in an empty root (no libc files, no CA bundle, no shell) publishes
@@ -256,11 +226,11 @@ fn hostile_senders_cannot_crash_or_stall_it() {
 fn static_binary_runs_in_an_empty_root() {
     let moto = moto();
     let root = EmptyRoot::new(&dist_binary("metricship"));
-    let admin = free_port();
-    let statsd = free_port();
+    let admin = free_addr();
+    let statsd = free_addr();
     let ns = unique_name("Airflow");
     let run = unique_name("run");
-    let endpoint = format!("http://localhost:{}", moto.port());
+    let endpoint = moto.localhost_endpoint();
     let mut cmd = root.command();
     cmd.args(["--flush-interval", "1s", "--namespace", &ns])
         .args(["--dimension", &format!("Run={run}")])
@@ -269,12 +239,12 @@ fn static_binary_runs_in_an_empty_root() {
         .envs(Moto::env_for(&endpoint))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = Guard(cmd.spawn().unwrap());
-    wait_ready(admin, &mut child.0);
-    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sender
-        .send_to(b"airflow.pool.queued_slots.default_pool:21|g", statsd)
-        .unwrap();
+    let mut child = KillOnDrop::new(cmd.spawn().unwrap());
+    wait_ready(admin, &mut child);
+    send(
+        statsd,
+        &["airflow.pool.queued_slots.default_pool:21|g".to_string()],
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -308,11 +278,7 @@ fn static_binary_runs_in_an_empty_root() {
         root.files(),
         vec!["etc/hosts", "etc/resolv.conf", "metricship"]
     );
-    sigterm(&child.0);
-    assert_eq!(
-        wait_exit(&mut child.0, Duration::from_secs(20)).code(),
-        Some(0)
-    );
+    assert_eq!(terminate(&mut child).code(), Some(0));
 }
 
 /// Exit code 3: access denied, after retries — both when the start check (ListMetrics) is
@@ -322,9 +288,9 @@ fn static_binary_runs_in_an_empty_root() {
 fn access_denied_exits_3_after_retries() {
     let moto = moto();
     let run_until_exit = |proxy: &FaultProxy, deny_after_ready: bool| {
-        let admin = free_port();
-        let statsd = free_port();
-        let mut child = Guard(
+        let admin = free_addr();
+        let statsd = free_addr();
+        let mut child = KillOnDrop::new(
             Command::new(BIN)
                 .args(["--flush-interval", "1s", "--namespace", "AirflowDenied"])
                 .args(["--statsd-addr", &statsd.to_string()])
@@ -337,17 +303,16 @@ fn access_denied_exits_3_after_retries() {
                 .unwrap(),
         );
         if deny_after_ready {
-            wait_ready(admin, &mut child.0);
+            wait_ready(admin, &mut child);
             proxy.set_rate(1.0);
-            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            sender
-                .send_to(b"airflow.pool.queued_slots.default_pool:7|g", statsd)
-                .unwrap();
+            send(
+                statsd,
+                &["airflow.pool.queued_slots.default_pool:7|g".to_string()],
+            );
         }
-        let status = wait_exit(&mut child.0, Duration::from_secs(60));
+        let status = wait_exit(&mut child, Duration::from_secs(60));
         let mut stderr = String::new();
         child
-            .0
             .stderr
             .take()
             .unwrap()

@@ -5,10 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use airside_core::shutdown::Shutdown;
 use airside_testkit::{moto, unique_name};
 use common::*;
-use metricship::{Daemon, Output};
 
 /// What the Airflow 3 scheduler sends (legacy names on, plain StatsD): the pool pair,
 /// both executor name forms, timers, counters with sample rates, and noise.
@@ -66,22 +64,11 @@ async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silen
             "airflow_ti_successes".to_string(),
         ])
         .collect();
-    let shutdown = Shutdown::new();
-    let daemon = Daemon::start(config, Output::CloudWatch(cw.clone()), shutdown.clone())
-        .await
-        .unwrap();
-    let statsd = daemon.statsd_udp_addr();
-    let admin = daemon.admin_addr();
-    let waiter = tokio::spawn(daemon.wait());
+    let daemon = Running::start(config, cw.clone()).await;
+    let (statsd, admin) = (daemon.statsd, daemon.admin);
 
     // Ready once the socket is bound and CloudWatch answered ListMetrics.
-    eventually("readiness", Duration::from_secs(10), || async {
-        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    daemon.wait_ready().await;
 
     send(statsd, &airflow_stream());
 
@@ -281,12 +268,7 @@ async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silen
     )
     .await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), waiter)
-        .await
-        .expect("daemon stopped in time")
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,13 +281,8 @@ async fn shutdown_flushes_the_last_interval() {
     // Far longer than the test: only the shutdown flush can send this interval.
     config.flush_interval = Duration::from_secs(3600);
     config.cloudwatch_allow = vec!["airflow_ti_successes".into()];
-    let shutdown = Shutdown::new();
-    let daemon = Daemon::start(config, Output::CloudWatch(cw.clone()), shutdown.clone())
-        .await
-        .unwrap();
-    let statsd = daemon.statsd_udp_addr();
-    let admin = daemon.admin_addr();
-    let waiter = tokio::spawn(daemon.wait());
+    let daemon = Running::start(config, cw.clone()).await;
+    let (statsd, admin) = (daemon.statsd, daemon.admin);
     let lines: Vec<String> = (0..25)
         .map(|_| "airflow.ti_successes:2|c".to_string())
         .collect();
@@ -315,12 +292,7 @@ async fn shutdown_flushes_the_last_interval() {
         (sample(&body, "airflow_ti_successes")? == 50.0).then_some(())
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), waiter)
-        .await
-        .expect("daemon stopped in time")
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
     assert_eq!(
         stat(
             &cw,

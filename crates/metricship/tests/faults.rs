@@ -7,10 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use airside_core::shutdown::Shutdown;
 use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
 use common::*;
-use metricship::{Daemon, Output};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_flush_is_lost_through_faults_and_an_outage() {
@@ -23,13 +21,8 @@ async fn no_flush_is_lost_through_faults_and_an_outage() {
     let run = unique_name("run");
     let mut config = test_config(&ns, &run);
     config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
-    let shutdown = Shutdown::new();
-    let daemon = Daemon::start(config, Output::CloudWatch(daemon_cw), shutdown.clone())
-        .await
-        .unwrap();
-    let statsd = daemon.statsd_udp_addr();
-    let admin = daemon.admin_addr();
-    let waiter = tokio::spawn(daemon.wait());
+    let daemon = Running::start(config, daemon_cw).await;
+    let (statsd, admin) = (daemon.statsd, daemon.admin);
 
     // One distinct gauge value per flush interval: each flush is one identifiable datum.
     let mut sent = BTreeSet::new();
@@ -85,10 +78,5 @@ async fn no_flush_is_lost_through_faults_and_an_outage() {
         "nothing may be dropped while the backlog has room"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), waiter)
-        .await
-        .expect("daemon stopped in time")
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 }

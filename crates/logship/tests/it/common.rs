@@ -4,21 +4,16 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airside_testkit::{Moto, moto, unique_name};
+use airside_testkit::{KillOnDrop, Moto, free_addr, moto, unique_name};
 use serde_json::Value;
-
-pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// The logship binary under test, killed when dropped.
 pub struct Daemon {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub admin: SocketAddr,
     pub stderr: PathBuf,
     pub stdout_lines: Option<Arc<Mutex<Vec<String>>>>,
@@ -72,7 +67,7 @@ impl Daemon {
             lines
         });
         Self {
-            child,
+            child: KillOnDrop::new(child),
             admin,
             stderr,
             stdout_lines,
@@ -106,43 +101,65 @@ impl Daemon {
     }
 
     pub async fn metrics(&self) -> String {
-        airside_core::healthcheck::get(self.admin, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default()
+        metrics(self.admin).await
     }
 
     pub fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM failed");
+        self.child.sigterm();
     }
 
     /// Waits for the process to exit, at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match self.child.wait_exit_async(timeout).await {
+            Some(status) => status,
+            None => panic!(
                 "logship did not exit within {timeout:?}:\n{}",
                 self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
         }
+    }
+
+    /// SIGTERM, then requires a clean exit (status 0) within `timeout`.
+    pub async fn stop(&mut self, timeout: Duration) {
+        self.sigterm();
+        let status = self.wait_exit(timeout).await;
+        assert!(status.success(), "exit {status}:\n{}", self.stderr_text());
+    }
+
+    /// Polls the captured stdout lines every 200 ms until `check` holds (see [`eventually`]).
+    pub async fn eventually_on_stdout(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[String]) -> bool,
+    ) {
+        let lines = self.stdout_lines.clone().expect("stdout captured");
+        eventually(timeout, what, || {
+            let done = check(&lines.lock().unwrap());
+            async move { done }
+        })
+        .await;
+    }
+
+    /// Every captured stdout line, parsed as a JSON record.
+    pub fn stdout_records(&self) -> Vec<Value> {
+        self.stdout_lines
+            .as_ref()
+            .expect("stdout captured")
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `/metrics` of the daemon whose admin server is at `admin`; empty when it does not answer.
+pub async fn metrics(admin: SocketAddr) -> String {
+    airside_core::healthcheck::get(admin, "/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 /// Sum of every sample of a metric (any labels); 0 when absent.
@@ -172,15 +189,8 @@ pub async fn firehose_client() -> aws_sdk_firehose::Client {
 
 /// Creates a bucket, and a Firehose stream delivering into it under `fh/`. Returns (bucket, stream).
 pub async fn firehose_to_bucket() -> (String, String) {
-    let bucket = unique_name("logship");
+    let bucket = create_bucket().await;
     let stream = unique_name("logs");
-    s3_client()
-        .await
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
     firehose_client()
         .await
         .create_delivery_stream()
@@ -254,6 +264,15 @@ pub async fn object_records(bucket: &str, key: &str) -> Vec<Value> {
     };
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))
+        .collect()
+}
+
+/// Every record of every object under `prefix`, object after object.
+pub async fn all_records(bucket: &str, prefix: &str) -> Vec<Value> {
+    all_objects(bucket, prefix)
+        .await
+        .into_iter()
+        .flat_map(|(_, r)| r)
         .collect()
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use airside_testkit::{EmptyRoot, dist_binary, moto};
+use airside_testkit::{EmptyRoot, KillOnDrop, Moto, dist_binary, free_addr, moto};
 use serde_json::Value;
 
 use crate::common::*;
@@ -87,20 +87,11 @@ async fn airflow_tree_arrives_exactly_once_through_firehose_and_s3() {
         || {
             let fh = fh.clone();
             let files = files_c.clone();
-            async move {
-                let recs: Vec<Value> = all_objects(&fh, "fh/")
-                    .await
-                    .into_iter()
-                    .flat_map(|(_, r)| r)
-                    .collect();
-                reconstruct(&files, &recs).is_ok()
-            }
+            async move { reconstruct(&files, &all_records(&fh, "fh/").await).is_ok() }
         },
     )
     .await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
+    d.stop(Duration::from_secs(30)).await;
 
     for (name, bucket, prefix) in [
         ("firehose", &fh_bucket, "fh/"),
@@ -215,16 +206,10 @@ async fn large_s3_objects_use_multipart_upload() {
     d.wait_ready().await;
     let d_admin = d.admin;
     eventually(Duration::from_secs(60), "all lines read", || async move {
-        let m = airside_core::healthcheck::get(d_admin, "/metrics")
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default();
-        metric_sum(&m, "logship_records_read_total") >= 70_000.0
+        metric_sum(&metrics(d_admin).await, "logship_records_read_total") >= 70_000.0
     })
     .await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
+    d.stop(Duration::from_secs(60)).await;
     let keys = list_keys(&bucket, "big/").await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let head = s3_client()
@@ -274,7 +259,6 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
         true,
     );
     d.wait_ready().await;
-    let lines = d.stdout_lines.clone().unwrap();
     // Phase 1: only the unwatched directory changes — a new subdirectory, a new file,
     // lines appended over time.
     let sub = unwatched.join("dag_id=poll/run_id=r/task_id=t");
@@ -286,17 +270,8 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
         f.flush().unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let l = lines.clone();
-    eventually(Duration::from_secs(10), "polled lines", || {
-        let l = l.clone();
-        async move {
-            l.lock()
-                .unwrap()
-                .iter()
-                .filter(|x| x.contains("polled line"))
-                .count()
-                == 5
-        }
+    d.eventually_on_stdout(Duration::from_secs(10), "polled lines", |lines| {
+        lines.iter().filter(|x| x.contains("polled line")).count() == 5
     })
     .await;
     let m = d.metrics().await;
@@ -308,24 +283,16 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
     // Phase 2: the watched directory delivers events, so the watcher was live all along
     // and phase 1 really ran on polling alone.
     std::fs::write(watched.join("w.log"), "watched line\n").unwrap();
-    let l = lines.clone();
-    eventually(Duration::from_secs(10), "watched line", || {
-        let l = l.clone();
-        async move { l.lock().unwrap().iter().any(|x| x.contains("watched line")) }
+    d.eventually_on_stdout(Duration::from_secs(10), "watched line", |lines| {
+        lines.iter().any(|x| x.contains("watched line"))
     })
     .await;
     let m = d.metrics().await;
     assert!(metric_sum(&m, "logship_watch_events_total") > 0.0, "{m}");
-    let recs: Vec<Value> = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = d.stdout_records();
     let polled: Vec<&Value> = recs.iter().filter(|r| r["dag_id"] == "poll").collect();
     assert_eq!(polled.len(), 5);
-    d.sigterm();
-    assert!(d.wait_exit(Duration::from_secs(30)).await.success());
+    d.stop(Duration::from_secs(30)).await;
 }
 
 /// The last line of a file may still be followed by traceback lines, so it waits
@@ -353,7 +320,6 @@ async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
         true,
     );
     d.wait_ready().await;
-    let lines = d.stdout_lines.clone().unwrap();
     let mut f = std::fs::File::create(logs.join("held.log")).unwrap();
     writeln!(f, "Traceback (most recent call last):").unwrap();
     writeln!(f, "  File \"dag.py\", line 1, in <module>").unwrap();
@@ -361,10 +327,8 @@ async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
     let written = Instant::now();
     // Nothing else happens in the directory: no event and no poll (10 minutes away)
     // wakes the tailer, only the timeout can.
-    let l = lines.clone();
-    eventually(Duration::from_secs(10), "the held traceback", || {
-        let l = l.clone();
-        async move { l.lock().unwrap().iter().any(|x| x.contains("dag.py")) }
+    d.eventually_on_stdout(Duration::from_secs(10), "the held traceback", |lines| {
+        lines.iter().any(|x| x.contains("dag.py"))
     })
     .await;
     let waited = written.elapsed();
@@ -372,15 +336,9 @@ async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
         waited >= Duration::from_millis(300),
         "sent after {waited:?}, before the multiline timeout"
     );
-    let recs: Vec<Value> = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = d.stdout_records();
     assert_eq!(recs.len(), 1, "the traceback is one record: {recs:?}");
-    d.sigterm();
-    assert!(d.wait_exit(Duration::from_secs(30)).await.success());
+    d.stop(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,21 +364,14 @@ async fn static_binary_ships_from_an_empty_root() {
         "--linger",
         "100ms",
     ])
-    .env(
-        "AWS_ENDPOINT_URL",
-        format!("http://localhost:{}", moto().port()),
-    )
-    .env("AWS_ACCESS_KEY_ID", "testing")
-    .env("AWS_SECRET_ACCESS_KEY", "testing")
-    .env("AWS_REGION", "us-east-1")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .envs(Moto::env_for(&moto().localhost_endpoint()))
     .stdout(std::process::Stdio::null());
     let logdir = tempfile::tempdir().unwrap();
     let stderr = logdir.path().join("stderr");
     cmd.stderr(std::fs::File::create(&stderr).unwrap());
     let child = cmd.spawn().unwrap();
     let mut d = Daemon {
-        child,
+        child: KillOnDrop::new(child),
         admin,
         stderr,
         stdout_lines: None,
@@ -431,25 +382,12 @@ async fn static_binary_ships_from_an_empty_root() {
         "records from the empty root",
         || {
             let b = b.clone();
-            async move {
-                all_objects(&b, "fh/")
-                    .await
-                    .iter()
-                    .map(|(_, r)| r.len())
-                    .sum::<usize>()
-                    >= 2
-            }
+            async move { all_records(&b, "fh/").await.len() >= 2 }
         },
     )
     .await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
-    let recs: Vec<Value> = all_objects(&bucket, "fh/")
-        .await
-        .into_iter()
-        .flat_map(|(_, r)| r)
-        .collect();
+    d.stop(Duration::from_secs(30)).await;
+    let recs = all_records(&bucket, "fh/").await;
     let files = HashMap::from([(
         s("/logs/dag_id=empty/run_id=r/task_id=t/attempt=1.log"),
         s(content),

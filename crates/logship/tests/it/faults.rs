@@ -127,26 +127,13 @@ async fn run_with_faults(plan: FaultPlan, expect_no_duplicates: bool) -> u64 {
     let (bk, fc) = (bucket.clone(), files.clone());
     eventually(Duration::from_secs(60), "every line despite faults", || {
         let (bk, fc) = (bk.clone(), fc.clone());
-        async move {
-            let recs: Vec<Value> = all_objects(&bk, "fh/")
-                .await
-                .into_iter()
-                .flat_map(|(_, r)| r)
-                .collect();
-            reconstruct(&fc, &recs).is_ok()
-        }
+        async move { reconstruct(&fc, &all_records(&bk, "fh/").await).is_ok() }
     })
     .await;
     let m = d.metrics().await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
+    d.stop(Duration::from_secs(30)).await;
 
-    let recs: Vec<Value> = all_objects(&bucket, "fh/")
-        .await
-        .into_iter()
-        .flat_map(|(_, r)| r)
-        .collect();
+    let recs = all_records(&bucket, "fh/").await;
     let r = reconstruct(&files, &recs).unwrap();
     let stats = proxy.stats();
     println!(

@@ -81,6 +81,15 @@ fn checkpoint(state_dir: &Path) -> HashMap<String, u64> {
         .collect()
 }
 
+/// The message of every record delivered through Firehose into `bucket`.
+async fn delivered_messages(bucket: &str) -> HashSet<String> {
+    all_records(bucket, "fh/")
+        .await
+        .into_iter()
+        .map(|r| r["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn ship_args(root: &Path, stream: &str, state: &Path) -> Vec<String> {
     vec![
         s("--path"),
@@ -137,21 +146,11 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "every line after the crashes",
         || {
             let (b, exp) = (b.clone(), exp.clone());
-            async move {
-                let got: HashSet<String> = all_objects(&b, "fh/")
-                    .await
-                    .into_iter()
-                    .flat_map(|(_, r)| r)
-                    .map(|r| r["message"].as_str().unwrap().to_string())
-                    .collect();
-                exp.is_subset(&got)
-            }
+            async move { exp.is_subset(&delivered_messages(&b).await) }
         },
     )
     .await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
+    d.stop(Duration::from_secs(30)).await;
 
     let objects: HashMap<String, Vec<Value>> =
         all_objects(&bucket, "fh/").await.into_iter().collect();
@@ -246,12 +245,7 @@ async fn sigterm_during_heavy_writing_delivers_every_line_written_before_it() {
     writer.join().unwrap();
     let status = d.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
-    let got: HashSet<String> = all_objects(&bucket, "fh/")
-        .await
-        .into_iter()
-        .flat_map(|(_, r)| r)
-        .map(|r| r["message"].as_str().unwrap().to_string())
-        .collect();
+    let got = delivered_messages(&bucket).await;
     let missing: Vec<&Written> = before.iter().filter(|w| !got.contains(&w.3)).collect();
     println!(
         "{} lines written before SIGTERM; {} records delivered before exit; {} missing",

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use airside_testkit::moto;
-use serde_json::Value;
 
 use crate::common::*;
 
@@ -78,26 +77,16 @@ async fn rename_and_copytruncate_rotation_lose_and_repeat_nothing() {
     let expected = tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
-    let lines = d.stdout_lines.clone().unwrap();
-    let l = lines.clone();
     let n = expected.len();
-    eventually(Duration::from_secs(60), "every rotated line", || {
-        let l = l.clone();
-        async move { l.lock().unwrap().len() >= n }
+    d.eventually_on_stdout(Duration::from_secs(60), "every rotated line", |lines| {
+        lines.len() >= n
     })
     .await;
     // Give a repeated line the chance to show up before judging.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = d.metrics().await;
-    d.sigterm();
-    let status = d.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit {status}:\n{}", d.stderr_text());
-    let recs: Vec<Value> = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    d.stop(Duration::from_secs(30)).await;
+    let recs = d.stdout_records();
     assert_ordered_within("stdout", &recs);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for r in &recs {

@@ -4,11 +4,13 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, SystemTime};
 
+use airside_core::shutdown::Shutdown;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
-use metricship::Config;
 use metricship::ingest::Listen;
+use metricship::{Config, Daemon, Output};
+use tokio::task::JoinHandle;
 
 /// A config for tests: loopback port 0 everywhere, fast flushes.
 pub fn test_config(namespace: &str, run_id: &str) -> Config {
@@ -22,6 +24,58 @@ pub fn test_config(namespace: &str, run_id: &str) -> Config {
     c.dimensions = vec![("Run".into(), run_id.to_string())];
     c.drain_timeout = Duration::from_secs(15);
     c
+}
+
+/// metricship running in this test process, publishing to CloudWatch through `cw`.
+pub struct Running {
+    /// Where it receives StatsD (UDP).
+    pub statsd: SocketAddr,
+    /// Its admin server (/readyz, /metrics).
+    pub admin: SocketAddr,
+    shutdown: Shutdown,
+    waiter: JoinHandle<Result<(), metricship::Error>>,
+}
+
+impl Running {
+    /// Starts the daemon with `config` and lets it run on a tokio task.
+    pub async fn start(config: Config, cw: Client) -> Self {
+        let shutdown = Shutdown::new();
+        let daemon = Daemon::start(config, Output::CloudWatch(cw), shutdown.clone())
+            .await
+            .unwrap();
+        let statsd = daemon.statsd_udp_addr();
+        let admin = daemon.admin_addr();
+        let waiter = tokio::spawn(daemon.wait());
+        Self {
+            statsd,
+            admin,
+            shutdown,
+            waiter,
+        }
+    }
+
+    /// Waits (10 s at most) for /readyz to answer 200: the socket is bound and CloudWatch
+    /// answered ListMetrics.
+    pub async fn wait_ready(&self) {
+        let admin = self.admin;
+        eventually("readiness", Duration::from_secs(10), || async {
+            let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Cancels the shutdown future and requires the daemon to stop without error within 30 s.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.waiter)
+            .await
+            .expect("daemon stopped in time")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 /// Sends each packet as one UDP datagram.
