@@ -18,7 +18,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpClient};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -104,6 +104,32 @@ pub enum AwsSetupError {
 pub fn http_client() -> Result<SharedHttpClient, AwsSetupError> {
     let dns = HickoryDns::from_system()?;
     Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_with_resolver(dns))
+}
+
+/// A bare HTTP connector with the same TLS, DNS and timeouts as the SDK clients built from
+/// `config`, for a request path that bypasses the SDK's orchestrator (dagsync's direct
+/// GetObject). It keeps a connection pool of its own.
+pub fn http_connector(
+    config: &SdkConfig,
+) -> Result<aws_smithy_http_client::Connector, AwsSetupError> {
+    let dns = HickoryDns::from_system()?;
+    let timeouts = config.timeout_config();
+    let settings = HttpConnectorSettings::builder();
+    let settings = match timeouts.and_then(|t| t.connect_timeout()) {
+        Some(t) => settings.connect_timeout(t),
+        None => settings,
+    };
+    let settings = match timeouts.and_then(|t| t.read_timeout()) {
+        Some(t) => settings.read_timeout(t),
+        None => settings,
+    };
+    Ok(aws_smithy_http_client::Connector::builder()
+        .connector_settings(settings.build())
+        .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))

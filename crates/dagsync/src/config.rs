@@ -91,6 +91,11 @@ pub struct SyncArgs {
     /// With a local source: sync as soon as the source changes (inotify), besides polling.
     #[arg(long, env = "DAGSYNC_WATCH")]
     pub watch: bool,
+    /// Fetch objects with dagsync's own signed GET (same endpoint, credentials and TLS as
+    /// the SDK, without its per-request overhead); `false` sends every GetObject through
+    /// the AWS SDK. Any failure on the direct path is repeated through the SDK either way.
+    #[arg(long, env = "DAGSYNC_DIRECT_GET", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub direct_get: bool,
 }
 
 /// A validated configuration.
@@ -120,6 +125,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Watch a local source.
     pub watch: bool,
+    /// GetObject through dagsync's direct path first.
+    pub direct_get: bool,
 }
 
 impl Config {
@@ -156,6 +163,7 @@ impl Config {
             ready_max_age: args.ready_max_age,
             shutdown_timeout: args.shutdown_timeout,
             watch: args.watch,
+            direct_get: args.direct_get,
         })
     }
 }
@@ -177,6 +185,17 @@ mod tests {
         assert_eq!(c.cadence.max_staleness(), Duration::from_secs(60));
         assert_eq!(c.max_delete, DeleteLimit::Percent(50.0));
         assert!(!c.once);
+        assert!(c.direct_get);
+        let c = parse(&[
+            "--source",
+            "s3://b/",
+            "--dest",
+            "/d",
+            "--direct-get",
+            "false",
+        ])
+        .unwrap();
+        assert!(!c.direct_get);
     }
 
     #[test]

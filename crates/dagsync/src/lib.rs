@@ -13,6 +13,7 @@
 
 pub mod cadence;
 pub mod config;
+mod direct;
 pub mod keys;
 pub mod plan;
 pub mod publish;
@@ -43,8 +44,11 @@ pub mod telemetry {
     pub const SYNCS: &str = "dagsync_syncs_total";
     /// Cycle duration histogram.
     pub const SYNC_DURATION: &str = "dagsync_sync_duration_seconds";
-    /// Objects downloaded.
+    /// Objects downloaded, by how (`via`: direct, sdk, copy).
     pub const OBJECTS_DOWNLOADED: &str = "dagsync_objects_downloaded_total";
+    /// Direct GetObject attempts handed to the SDK (an error answer, a dropped
+    /// connection, a stalled body).
+    pub const DIRECT_FALLBACKS: &str = "dagsync_direct_fallbacks_total";
     /// Bytes downloaded.
     pub const BYTES_DOWNLOADED: &str = "dagsync_bytes_downloaded_total";
     /// Files deleted.
@@ -141,11 +145,16 @@ fn check_destination(dest: &Path) -> Result<(), Error> {
 }
 
 /// Builds the source from the configuration.
-pub async fn connect(spec: &SourceSpec) -> Result<Source, Error> {
+pub async fn connect(spec: &SourceSpec, direct_get: bool) -> Result<Source, Error> {
     match spec {
         SourceSpec::S3 { bucket, prefix } => {
             let config = aws::load(&AwsSettings::default()).await?;
-            Ok(Source::s3(&config, bucket.clone(), prefix.clone()))
+            let direct = if direct_get {
+                Some(aws::http_connector(&config)?)
+            } else {
+                None
+            };
+            Ok(Source::s3(&config, bucket.clone(), prefix.clone(), direct))
         }
         SourceSpec::Local(root) => {
             if !root.is_dir() {
@@ -165,6 +174,7 @@ fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
         listed = report.listed,
         downloaded = report.downloaded,
         bytes = report.bytes,
+        via_sdk = report.via_sdk,
         deleted = report.deleted,
         pruned = report.pruned,
         unchanged = report.unchanged,
@@ -356,6 +366,6 @@ fn watch(root: &Path) -> Result<Watch, Error> {
 /// Runs dagsync until shutdown (or for one cycle with `--once`).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     check_destination(&config.dest)?;
-    let source = connect(&config.source).await?;
+    let source = connect(&config.source, config.direct_get).await?;
     run_with(config, source, shutdown).await
 }

@@ -6,7 +6,7 @@
 //! rename loop runs. Deletions come after the renames so a DAG moved from one
 //! file to another is never missing in between.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::keys::dest_path;
@@ -44,18 +44,34 @@ pub fn publish(
     state: &mut State,
 ) -> Published {
     let mut out = Published::default();
+    // Folders made (or found) in this batch: on EFS every mkdir and stat is a round trip
+    // to the file server, and a full sync used to make one mkdir and two stats per file.
+    let mut folders: HashSet<PathBuf> = HashSet::new();
     for s in staged {
         let target = dest_path(dest, &s.path);
         let result = (|| -> std::io::Result<()> {
-            if let Some(parent) = target.parent() {
+            let parent = target.parent().unwrap_or(dest);
+            if !folders.contains(parent) {
                 std::fs::create_dir_all(parent)?;
+                folders.insert(parent.to_path_buf());
             }
-            if target.is_dir() {
-                return Err(std::io::Error::other(
-                    "a folder exists at this path; remove it or rename the key",
-                ));
+            match std::fs::rename(&s.staged, &target) {
+                // Removed since we made it (another process pruning it): make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(parent)?;
+                    std::fs::rename(&s.staged, &target)
+                }
+                other => other,
             }
-            std::fs::rename(&s.staged, &target)
+            .map_err(|e| match e.kind() {
+                // rename(2) will not put a file over a folder (EISDIR).
+                std::io::ErrorKind::IsADirectory | std::io::ErrorKind::DirectoryNotEmpty => {
+                    std::io::Error::other(
+                        "a folder exists at this path; remove it or rename the key",
+                    )
+                }
+                _ => e,
+            })
         })();
         match result {
             Ok(()) => {
@@ -142,5 +158,63 @@ mod tests {
         assert!(!d.join("old").exists());
         assert!(d.join("keep/__pycache__/y.pyc").exists());
         assert_eq!(state.files.keys().collect::<Vec<_>>(), vec!["new/z.py"]);
+    }
+
+    #[test]
+    fn a_folder_in_the_way_fails_that_file_only() {
+        let dest = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir_in(dest.path()).unwrap();
+        let d = dest.path();
+        std::fs::create_dir_all(d.join("team/dag.py/inner")).unwrap();
+        let e = Entry {
+            etag: "e".into(),
+            size: 1,
+            mtime_ns: 0,
+        };
+        let staged = |name: &str, path: &str| {
+            let p = stage.path().join(name);
+            std::fs::write(&p, name).unwrap();
+            Staged {
+                path: path.into(),
+                staged: p,
+                entry: e.clone(),
+            }
+        };
+        let mut state = State::new();
+        let out = publish(
+            d,
+            vec![
+                staged("0.part", "team/dag.py"),
+                staged("1.part", "team/other.py"),
+                staged("2.part", "team/sub/third.py"),
+            ],
+            &[],
+            &mut state,
+        );
+        assert_eq!(out.renamed, 2);
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.failed[0].0, "team/dag.py");
+        assert!(
+            out.failed[0].1.contains("a folder exists"),
+            "{:?}",
+            out.failed
+        );
+        assert!(
+            d.join("team/dag.py/inner").is_dir(),
+            "the folder is left alone"
+        );
+        assert!(
+            !stage.path().join("0.part").exists(),
+            "the staged file is removed"
+        );
+        assert_eq!(std::fs::read(d.join("team/other.py")).unwrap(), b"1.part");
+        assert_eq!(
+            std::fs::read(d.join("team/sub/third.py")).unwrap(),
+            b"2.part"
+        );
+        assert_eq!(
+            state.files.keys().collect::<Vec<_>>(),
+            vec!["team/other.py", "team/sub/third.py"]
+        );
     }
 }

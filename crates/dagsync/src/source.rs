@@ -5,10 +5,15 @@
 //! object ([`Source::fetch`], streamed into a staging file, verified, fsynced).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airside_core::aws::{self, ErrorClass};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_runtime_api::client::http::SharedHttpConnector;
 use md5::{Digest, Md5};
+
+use crate::direct::{Answer, DirectGet};
 use tokio::io::AsyncWriteExt;
 
 /// One object as listed.
@@ -151,6 +156,8 @@ pub enum Source {
         bucket: String,
         /// Prefix, empty or ending in `/`.
         prefix: String,
+        /// The direct GetObject path, when enabled.
+        direct: Option<Arc<DirectPath>>,
     },
     /// A local folder.
     Local {
@@ -161,14 +168,33 @@ pub enum Source {
 
 impl Source {
     /// Builds an S3 source from an SDK config (path-style when a custom endpoint is set).
-    pub fn s3(config: &aws_config::SdkConfig, bucket: String, prefix: String) -> Self {
+    /// With a `direct` connector, objects are fetched through [`crate::direct`] first.
+    pub fn s3(
+        config: &aws_config::SdkConfig,
+        bucket: String,
+        prefix: String,
+        direct: Option<aws_smithy_http_client::Connector>,
+    ) -> Self {
         let s3_config = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(aws::use_path_style(config))
             .build();
+        let body_timeout = config
+            .timeout_config()
+            .and_then(|t| t.read_timeout())
+            .unwrap_or(Duration::from_secs(30));
         Source::S3 {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket,
             prefix,
+            direct: direct.map(|connector| {
+                Arc::new(DirectPath {
+                    provider: config.credentials_provider(),
+                    connector: SharedHttpConnector::new(connector),
+                    body_timeout,
+                    prepared: tokio::sync::OnceCell::new(),
+                    breaker: std::sync::Mutex::new(Breaker::default()),
+                })
+            }),
         }
     }
 
@@ -180,6 +206,7 @@ impl Source {
                 client,
                 bucket,
                 prefix,
+                ..
             } => list_s3(client, bucket, prefix).await,
             Source::Local { root } => {
                 let root = root.clone();
@@ -191,24 +218,255 @@ impl Source {
     }
 
     /// Fetches exactly the listed version of `obj` into `to` (a new file), verifies its size
-    /// (and MD5 where the ETag is one) and sets its mtime. Returns the bytes written.
-    pub async fn fetch(&self, obj: &RemoteObject, to: &Path) -> Result<u64, SourceError> {
+    /// (and MD5 where the ETag is one) and sets its mtime.
+    pub async fn fetch(&self, obj: &RemoteObject, to: &Path) -> Result<Fetched, SourceError> {
         match self {
             Source::S3 {
                 client,
                 bucket,
                 prefix,
-            } => fetch_s3(client, bucket, prefix, obj, to).await,
+                direct,
+            } => {
+                let key = format!("{prefix}{}", obj.rel_key);
+                if let Some(direct) = direct.as_deref().filter(|_| obj.size <= IN_MEMORY_MAX) {
+                    match fetch_direct(direct, client, bucket, &key, obj, to).await {
+                        Ok(Some(bytes)) => {
+                            return Ok(Fetched {
+                                bytes,
+                                via: Via::Direct,
+                            });
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let bytes = fetch_s3(client, bucket, &key, obj, to).await?;
+                Ok(Fetched {
+                    bytes,
+                    via: Via::Sdk,
+                })
+            }
             Source::Local { root } => {
                 let from = crate::keys::dest_path(root, &obj.rel_key);
                 let (obj, to) = (obj.clone(), to.to_path_buf());
-                tokio::task::spawn_blocking(move || copy_local(&from, &obj, &to))
+                let bytes = tokio::task::spawn_blocking(move || copy_local(&from, &obj, &to))
                     .await
-                    .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))?
+                    .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))??;
+                Ok(Fetched {
+                    bytes,
+                    via: Via::Copy,
+                })
             }
         }
     }
 }
+
+/// One fetched object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes written.
+    pub bytes: u64,
+    /// How it was fetched.
+    pub via: Via,
+}
+
+/// How an object was fetched (the `via` label of `dagsync_objects_downloaded_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// dagsync's direct GetObject ([`crate::direct`]).
+    Direct,
+    /// The AWS SDK's GetObject (direct path off, not applicable, or it failed).
+    Sdk,
+    /// A copy from a local source.
+    Copy,
+}
+
+impl Via {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Sdk => "sdk",
+            Via::Copy => "copy",
+        }
+    }
+}
+
+/// The direct GetObject path of an S3 source, prepared on first use.
+#[derive(Debug)]
+pub struct DirectPath {
+    /// The same provider the S3 client was built with.
+    provider: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    connector: SharedHttpConnector,
+    body_timeout: Duration,
+    /// `Some(None)` once it is known not to apply to this endpoint.
+    prepared: tokio::sync::OnceCell<Option<DirectGet>>,
+    breaker: std::sync::Mutex<Breaker>,
+}
+
+/// After this many direct attempts in a row fail, the direct path rests for
+/// [`DIRECT_REST`]: a failure that repeats (a skewed clock, a proxy that rewrites requests)
+/// would otherwise cost every object two requests.
+const DIRECT_TRIP_AFTER: u32 = 8;
+/// How long the direct path rests once tripped.
+const DIRECT_REST: Duration = Duration::from_secs(300);
+
+/// Consecutive direct failures, and until when the direct path rests.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    resting_until: Option<std::time::Instant>,
+}
+
+impl DirectPath {
+    fn resting(&self) -> bool {
+        let breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        breaker
+            .resting_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn succeeded(&self) {
+        self.breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures = 0;
+    }
+
+    /// Counts a failed direct attempt (it is repeated through the SDK).
+    fn failed(&self, key: &str, why: &str) {
+        metrics::counter!(crate::telemetry::DIRECT_FALLBACKS).increment(1);
+        tracing::debug!(
+            key,
+            reason = why,
+            "direct GetObject failed; repeating it through the SDK"
+        );
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        breaker.failures += 1;
+        if breaker.failures >= DIRECT_TRIP_AFTER {
+            breaker.failures = 0;
+            breaker.resting_until = Some(std::time::Instant::now() + DIRECT_REST);
+            tracing::warn!(
+                reason = why,
+                failures = DIRECT_TRIP_AFTER,
+                rest_s = DIRECT_REST.as_secs(),
+                "direct GetObject failed repeatedly; using the SDK for a while"
+            );
+        }
+    }
+}
+
+/// Fetches `obj` through the direct path. `Ok(None)`: not done, repeat it through the SDK
+/// (the reason is logged at debug level and counted); `Err` only for what the SDK path
+/// would answer the same way (the object changed, or its bytes do not match the listing).
+async fn fetch_direct(
+    direct: &DirectPath,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    obj: &RemoteObject,
+    to: &Path,
+) -> Result<Option<u64>, SourceError> {
+    if direct.resting() {
+        return Ok(None);
+    }
+    let prepared = direct
+        .prepared
+        .get_or_try_init(|| {
+            DirectGet::prepare(
+                client,
+                direct.provider.clone(),
+                direct.connector.clone(),
+                direct.body_timeout,
+                bucket,
+                key,
+            )
+        })
+        .await;
+    let get = match prepared {
+        Ok(Some(get)) => get,
+        Ok(None) => return Ok(None),
+        Err(why) => {
+            direct.failed(key, &why);
+            return Ok(None);
+        }
+    };
+    let body = match get.get(key, &obj.etag).await {
+        Ok(Answer::Body(body)) => body,
+        Ok(Answer::Changed) => {
+            direct.succeeded();
+            return Err(SourceError::Changed {
+                key: obj.rel_key.clone(),
+            });
+        }
+        Err(why) => {
+            direct.failed(key, &why);
+            return Ok(None);
+        }
+    };
+    let data = match read_body(body, obj, Some(get.body_timeout())).await {
+        Ok(data) => data,
+        Err(ReadError::Body(why)) => {
+            direct.failed(key, &why);
+            return Ok(None);
+        }
+        Err(ReadError::Integrity(e)) => return Err(e),
+    };
+    direct.succeeded();
+    write_in_memory(data, to, obj.last_modified).await.map(Some)
+}
+
+/// Why reading a body failed.
+enum ReadError {
+    /// The transfer failed (dropped, stalled).
+    Body(String),
+    /// The bytes are not the listed object.
+    Integrity(SourceError),
+}
+
+/// Reads a whole body into a buffer of the listed size (one copy), checking the size and,
+/// where the ETag is one, the MD5. `chunk_timeout` bounds the silence between chunks.
+async fn read_body(
+    mut body: ByteStream,
+    obj: &RemoteObject,
+    chunk_timeout: Option<Duration>,
+) -> Result<Vec<u8>, ReadError> {
+    let check = etag_is_md5(&obj.etag);
+    let mut data = Vec::with_capacity(obj.size as usize);
+    let mut md5 = Md5::new();
+    loop {
+        let next = match chunk_timeout {
+            Some(limit) => tokio::time::timeout(limit, body.try_next())
+                .await
+                .map_err(|_| ReadError::Body(format!("no data for {limit:?}")))?,
+            None => body.try_next().await,
+        };
+        let Some(chunk) = next.map_err(|e| ReadError::Body(e.to_string()))? else {
+            break;
+        };
+        if check {
+            md5.update(&chunk);
+        }
+        data.extend_from_slice(&chunk);
+    }
+    check_size(obj, data.len() as u64).map_err(ReadError::Integrity)?;
+    if check {
+        check_md5(obj, md5).map_err(ReadError::Integrity)?;
+    }
+    Ok(data)
+}
+
+/// Writes a complete object off the runtime thread (see [`IN_MEMORY_MAX`]).
+async fn write_in_memory(data: Vec<u8>, to: &Path, mtime: SystemTime) -> Result<u64, SourceError> {
+    let to = to.to_path_buf();
+    let len = data.len() as u64;
+    tokio::task::spawn_blocking(move || write_staged(&to, &data, mtime))
+        .await
+        .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))??;
+    Ok(len)
+}
+
+impl Source {}
 
 /// Objects up to this size are read into memory and written with one blocking call: for
 /// DAG-sized files that saves the thread hand-offs of streaming through tokio::fs
@@ -334,15 +592,14 @@ fn etag_is_md5(etag: &str) -> bool {
 async fn fetch_s3(
     client: &aws_sdk_s3::Client,
     bucket: &str,
-    prefix: &str,
+    key: &str,
     obj: &RemoteObject,
     to: &Path,
 ) -> Result<u64, SourceError> {
-    let key = format!("{prefix}{}", obj.rel_key);
     let resp = client
         .get_object()
         .bucket(bucket)
-        .key(&key)
+        .key(key)
         // Exactly the listed version: a concurrent upload must not slip in unverified.
         .if_match(format!("\"{}\"", obj.etag))
         .send()
@@ -368,25 +625,12 @@ async fn fetch_s3(
         message: format!("reading the body of {key}: {e}"),
     };
     if obj.size <= IN_MEMORY_MAX {
-        // One copy, into a buffer of the listed size.
-        let mut data = Vec::with_capacity(obj.size as usize);
-        let mut md5 = Md5::new();
-        while let Some(chunk) = body.try_next().await.map_err(|e| body_error(&e))? {
-            if check {
-                md5.update(&chunk);
-            }
-            data.extend_from_slice(&chunk);
-        }
-        check_size(obj, data.len() as u64)?;
-        if check {
-            check_md5(obj, md5)?;
-        }
-        let to = to.to_path_buf();
-        let len = data.len() as u64;
-        tokio::task::spawn_blocking(move || write_staged(&to, &data, mtime))
-            .await
-            .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))??;
-        return Ok(len);
+        // The SDK's stalled-stream protection bounds the silence here.
+        let data = read_body(body, obj, None).await.map_err(|e| match e {
+            ReadError::Body(why) => body_error(&why),
+            ReadError::Integrity(e) => e,
+        })?;
+        return write_in_memory(data, to, mtime).await;
     }
     // Large objects stream to disk with bounded memory.
     let mut file = tokio::fs::OpenOptions::new()

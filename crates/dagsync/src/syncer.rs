@@ -26,6 +26,9 @@ pub struct CycleReport {
     pub downloaded: usize,
     /// Bytes downloaded this cycle.
     pub bytes: u64,
+    /// Of this cycle's downloads, those that went through the AWS SDK's GetObject (the
+    /// direct path was off, did not apply, or failed and was repeated).
+    pub via_sdk: usize,
     /// Files deleted.
     pub deleted: usize,
     /// Empty folders removed.
@@ -191,9 +194,10 @@ impl Syncer {
             tracing::error!(refused = the_plan.refused_paths.len(), reason = %r, "deletions refused");
             metrics::counter!(m::DELETIONS_REFUSED).increment(the_plan.refused_paths.len() as u64);
         }
-        let (fetched, bytes) = self.fetch_all(&the_plan).await?;
+        let (fetched, bytes, via_sdk) = self.fetch_all(&the_plan).await?;
         report.downloaded = fetched.len();
         report.bytes = bytes;
+        report.via_sdk = via_sdk;
         self.publish_batch(fetched, &the_plan, &mut report).await?;
         let swept = self.staging.sweep_abandoned();
         if swept > 0 {
@@ -205,7 +209,12 @@ impl Syncer {
         Ok(report)
     }
 
-    async fn fetch_all(&mut self, the_plan: &Plan) -> Result<(Vec<Staged>, u64), CycleError> {
+    /// Fetches what the plan needs (reusing what an earlier failed cycle staged): the
+    /// staged files, bytes fetched now, and how many of those fetches used the SDK.
+    async fn fetch_all(
+        &mut self,
+        the_plan: &Plan,
+    ) -> Result<(Vec<Staged>, u64, usize), CycleError> {
         let wanted: HashSet<(String, String)> = the_plan
             .fetch
             .iter()
@@ -253,12 +262,16 @@ impl Syncer {
         .buffer_unordered(self.config.concurrency);
         let mut failures = Vec::new();
         let mut bytes = 0u64;
+        let mut via_sdk = 0usize;
         let mut done = Vec::new();
         while let Some((path, obj, to, r)) = results.next().await {
             match r {
-                Ok(n) => {
+                Ok(fetched) => {
+                    let n = fetched.bytes;
                     bytes += n;
-                    metrics::counter!(m::OBJECTS_DOWNLOADED).increment(1);
+                    via_sdk += usize::from(fetched.via == crate::source::Via::Sdk);
+                    metrics::counter!(m::OBJECTS_DOWNLOADED, "via" => fetched.via.as_str())
+                        .increment(1);
                     metrics::counter!(m::BYTES_DOWNLOADED).increment(n);
                     done.push(Staged {
                         path,
@@ -305,7 +318,7 @@ impl Syncer {
             .iter()
             .filter_map(|(p, o, _)| self.staged.remove(&(p.clone(), o.etag.clone())))
             .collect();
-        Ok((batch, bytes))
+        Ok((batch, bytes, via_sdk))
     }
 
     async fn publish_batch(

@@ -71,6 +71,9 @@ async fn syncs_a_large_nested_tree_exactly_and_nothing_outside_dest() {
     // The unsafe keys were reported, once each.
     assert_eq!(err.matches("skipping key").count(), 3, "{err}");
     assert!(err.contains("\"downloaded\":1052"), "{err}");
+    // All of them (unicode and nested keys too) through the direct GET: a key it encoded
+    // differently from the SDK would have come back 404 and been repeated through the SDK.
+    assert!(err.contains("\"via_sdk\":0"), "{err}");
     assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
 }
 
@@ -164,10 +167,13 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     let after = file_identities(dest.path());
     assert_eq!(before, after);
 
-    // A local edit of a synced file is repaired; the hand-written file stays.
+    // A local edit of a synced file is repaired; the hand-written file stays. This run
+    // uses the SDK's GetObject only.
     std::fs::write(dest.path().join("a.py"), b"tampered!").unwrap();
-    let (status, _, err) = run_once(&proxy.endpoint(), &args);
+    let (status, _, err) = run_once(&proxy.endpoint(), &with(&["--direct-get", "false"]));
     assert!(status.success(), "{err}");
+    assert!(err.contains("\"downloaded\":1"), "{err}");
+    assert!(err.contains("\"via_sdk\":1"), "{err}");
     assert_eq!(
         std::fs::read(dest.path().join("a.py")).unwrap(),
         b"version-2"
@@ -342,6 +348,24 @@ async fn converges_through_injected_faults_and_keeps_running() {
         metrics.contains("dagsync_syncs_total{result=\"changed\"}"),
         "{metrics}"
     );
+    // Faults hit the direct GETs too; each was repeated through the SDK.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("dagsync_direct_fallbacks_total ") > 0.0, "{metrics}");
+    assert!(
+        value("dagsync_objects_downloaded_total{via=\"direct\"}") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        value("dagsync_objects_downloaded_total{via=\"sdk\"}") > 0.0,
+        "{metrics}"
+    );
     let status = daemon.terminate(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
 }
@@ -513,7 +537,7 @@ async fn health_readiness_metrics_and_healthcheck() {
         "dagsync_syncs_total{result=\"changed\"}",
         "dagsync_syncs_total{result=\"error\"}",
         "dagsync_sync_duration_seconds_bucket",
-        "dagsync_objects_downloaded_total 1",
+        "dagsync_objects_downloaded_total{via=\"direct\"} 1",
         "dagsync_bytes_downloaded_total 1",
         "dagsync_last_success_timestamp_seconds",
         "dagsync_errors_total{class=\"throttled\"}",
