@@ -39,6 +39,13 @@ def measure(cmd, env):
     return float(wall), float(user) + float(sys_), int(rss_kib) / 1024
 
 
+def cpu_ticks():
+    """(steal, total) jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def tree_files(d):
     n = 0
     for _, dirs, files in os.walk(d):
@@ -62,9 +69,11 @@ def main():
     for i in range(FILES):
         body = (f"# dag {i}\n" + "x = 1\n" * (200 + (i * 37) % 2500)).encode()
         s3.put_object(Bucket="bench", Key=f"env/team{i % 8}/pkg{i % 5}/dag_{i:05}.py", Body=body)
+    dagsync = lambda *extra: lambda d: [os.path.join(ROOT, "dist/dagsync"), "--once", "--source", "s3://bench/env/",
+                                        "--dest", d, "--log-level", "warn", *extra]
     tools = {
-        "dagsync --once": lambda d: [os.path.join(ROOT, "dist/dagsync"), "--once", "--source", "s3://bench/env/",
-                                     "--dest", d, "--log-level", "warn"],
+        "dagsync --once": dagsync(),
+        "dagsync --once --direct-get false": dagsync("--direct-get", "false"),
         "aws s3 sync --delete": lambda d: [os.path.join(ROOT, "bench/.venv/bin/aws"), "s3", "sync", "s3://bench/env/",
                                            d, "--delete", "--only-show-errors"],
         "rclone sync": lambda d: ["rclone", "sync", "moto:bench/env", d, "--quiet"],
@@ -75,19 +84,30 @@ def main():
     # the kernel skip each recently deleted inode (`recently_deleted` in find_inode_bit).
     # Deleting each tree before the next run made every tool's full sync pay that scan
     # (perf: a third of dagsync's samples), which is not what a DAG folder sees.
+    # Round-robin (every tool once per round) so that a noisy stretch on this shared VM
+    # falls on all tools alike; the host's steal time over each tool's runs is recorded.
     dests = []
-    for name, cmd in tools.items():
-        full, noop = [], []
-        for _ in range(RUNS):
+    runs = {name: ([], []) for name in tools}
+    steal = {name: [0, 0] for name in tools}
+    for _ in range(RUNS):
+        for name, cmd in tools.items():
+            full, noop = runs[name]
             d = tempfile.mkdtemp(prefix="bench-dest-")
             dests.append(d)
+            before = cpu_ticks()
             full.append(measure(cmd(d), env))
             assert tree_files(d) == FILES, (name, tree_files(d))
             noop.append(measure(cmd(d), env))
-        med = lambda xs, i: statistics.median(x[i] for x in xs)
+            after = cpu_ticks()
+            steal[name][0] += after[0] - before[0]
+            steal[name][1] += after[1] - before[1]
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    for name, (full, noop) in runs.items():
         results[name] = {
-            "full": {"wall_s": med(full, 0), "cpu_s": med(full, 1), "rss_mib": med(full, 2)},
+            "full": {"wall_s": med(full, 0), "cpu_s": med(full, 1), "rss_mib": med(full, 2),
+                     "cpu_s_all": [x[1] for x in full]},
             "noop": {"wall_s": med(noop, 0), "cpu_s": med(noop, 1), "rss_mib": med(noop, 2)},
+            "steal_pct": 100.0 * steal[name][0] / max(1, steal[name][1]),
         }
         print(name, json.dumps(results[name]), file=sys.stderr)
     for d in dests:
@@ -112,12 +132,19 @@ def main():
     moto.wait(timeout=10)
     with open(os.path.join(ROOT, "bench/dagsync/results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print("| tool | full: wall s | full: CPU s | full: peak RSS MiB | no-op: wall s | no-op: CPU s | no-op: peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | full: wall s | full: CPU s | full: peak RSS MiB | no-op: wall s | no-op: CPU s | no-op: peak RSS MiB | host steal |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in tools:
         r = results[name]
         print(f"| {name} | {r['full']['wall_s']:.2f} | {r['full']['cpu_s']:.2f} | {r['full']['rss_mib']:.1f} "
-              f"| {r['noop']['wall_s']:.2f} | {r['noop']['cpu_s']:.3f} | {r['noop']['rss_mib']:.1f} |")
+              f"| {r['noop']['wall_s']:.2f} | {r['noop']['cpu_s']:.3f} | {r['noop']['rss_mib']:.1f} "
+              f"| {r['steal_pct']:.0f} % |")
+    aws = results["aws s3 sync --delete"]
+    for name in ("dagsync --once", "dagsync --once --direct-get false"):
+        r = results[name]
+        print(f"\n{name}: full-sync CPU 1/{aws['full']['cpu_s'] / r['full']['cpu_s']:.1f} of aws s3 sync's "
+              f"(runs: {', '.join(f'{x:.2f}' for x in r['full']['cpu_s_all'])} CPU-s), "
+              f"no-op 1/{aws['noop']['cpu_s'] / r['noop']['cpu_s']:.0f}")
     print(f"\nidle daemon RSS: {rss:.1f} MiB; dist/dagsync: {results['binary_mib']:.1f} MiB")
 
 
