@@ -219,7 +219,14 @@ impl Source {
 
     /// Fetches exactly the listed version of `obj` into `to` (a new file), verifies its size
     /// (and MD5 where the ETag is one) and sets its mtime.
-    pub async fn fetch(&self, obj: &RemoteObject, to: &Path) -> Result<Fetched, SourceError> {
+    /// `writes` says whether a small object may be written on the calling thread
+    /// ([`Writes::Inline`], a local disk) or must go to the blocking pool.
+    pub async fn fetch(
+        &self,
+        obj: &RemoteObject,
+        to: &Path,
+        writes: Writes,
+    ) -> Result<Fetched, SourceError> {
         match self {
             Source::S3 {
                 client,
@@ -229,7 +236,7 @@ impl Source {
             } => {
                 let key = format!("{prefix}{}", obj.rel_key);
                 if let Some(direct) = direct.as_deref().filter(|_| obj.size <= IN_MEMORY_MAX) {
-                    match fetch_direct(direct, client, bucket, &key, obj, to).await {
+                    match fetch_direct(direct, client, bucket, &key, obj, to, writes).await {
                         Ok(Some(bytes)) => {
                             return Ok(Fetched {
                                 bytes,
@@ -240,7 +247,7 @@ impl Source {
                         Err(e) => return Err(e),
                     }
                 }
-                let bytes = fetch_s3(client, bucket, &key, obj, to).await?;
+                let bytes = fetch_s3(client, bucket, &key, obj, to, writes).await?;
                 Ok(Fetched {
                     bytes,
                     via: Via::Sdk,
@@ -366,6 +373,7 @@ async fn fetch_direct(
     key: &str,
     obj: &RemoteObject,
     to: &Path,
+    writes: Writes,
 ) -> Result<Option<u64>, SourceError> {
     if direct.resting() {
         return Ok(None);
@@ -413,7 +421,9 @@ async fn fetch_direct(
         Err(ReadError::Integrity(e)) => return Err(e),
     };
     direct.succeeded();
-    write_in_memory(data, to, obj.last_modified).await.map(Some)
+    write_in_memory(data, to, obj.last_modified, writes)
+        .await
+        .map(Some)
 }
 
 /// Why reading a body failed.
@@ -456,10 +466,32 @@ async fn read_body(
     Ok(data)
 }
 
-/// Writes a complete object off the runtime thread (see [`IN_MEMORY_MAX`]).
-async fn write_in_memory(data: Vec<u8>, to: &Path, mtime: SystemTime) -> Result<u64, SourceError> {
-    let to = to.to_path_buf();
+/// How staged files are written: where the blocking calls of a small write may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// On the calling (runtime) thread. For a local disk, where creating and writing a
+    /// DAG-sized file takes tens of microseconds: handing each one to the blocking pool
+    /// and back cost more than the write (two thread wake-ups per file; perf of a
+    /// 2,000-file sync: about a tenth of its CPU in context switches).
+    Inline,
+    /// On tokio's blocking pool. For a network filesystem (EFS is NFS), where each
+    /// create is a round trip to the file server that must not stall other downloads.
+    Offload,
+}
+
+/// Writes a complete object (see [`IN_MEMORY_MAX`]), on this thread or off it.
+async fn write_in_memory(
+    data: Vec<u8>,
+    to: &Path,
+    mtime: SystemTime,
+    writes: Writes,
+) -> Result<u64, SourceError> {
     let len = data.len() as u64;
+    if writes == Writes::Inline {
+        write_staged(to, &data, mtime)?;
+        return Ok(len);
+    }
+    let to = to.to_path_buf();
     tokio::task::spawn_blocking(move || write_staged(&to, &data, mtime))
         .await
         .map_err(|e| SourceError::io(Path::new("."), std::io::Error::other(e)))??;
@@ -595,6 +627,7 @@ async fn fetch_s3(
     key: &str,
     obj: &RemoteObject,
     to: &Path,
+    writes: Writes,
 ) -> Result<u64, SourceError> {
     let resp = client
         .get_object()
@@ -630,7 +663,7 @@ async fn fetch_s3(
             ReadError::Body(why) => body_error(&why),
             ReadError::Integrity(e) => e,
         })?;
-        return write_in_memory(data, to, mtime).await;
+        return write_in_memory(data, to, mtime, writes).await;
     }
     // Large objects stream to disk with bounded memory.
     let mut file = tokio::fs::OpenOptions::new()
@@ -736,6 +769,24 @@ mod tests {
         );
         assert!(SourceSpec::parse("s3:///x").is_err());
         assert!(SourceSpec::parse("gs://b/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn small_objects_are_written_inline_or_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (i, writes) in [Writes::Inline, Writes::Offload].into_iter().enumerate() {
+            let to = dir.path().join(format!("{i}.part"));
+            let n = write_in_memory(b"dag = 1\n".to_vec(), &to, mtime, writes)
+                .await
+                .unwrap();
+            assert_eq!(n, 8);
+            assert_eq!(std::fs::read(&to).unwrap(), b"dag = 1\n");
+            assert_eq!(std::fs::metadata(&to).unwrap().modified().unwrap(), mtime);
+            // A staged path is never overwritten, whichever thread writes it.
+            let again = write_in_memory(b"x".to_vec(), &to, mtime, writes).await;
+            assert!(matches!(again, Err(SourceError::Io { .. })), "{writes:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::keys::OWN_DIR;
+use crate::source::Writes;
 
 const PREFIX: &str = "staging-";
 const LOCK_SUFFIX: &str = ".lock";
@@ -25,6 +26,7 @@ pub struct Staging {
     dir: PathBuf,
     _lock: File,
     counter: AtomicU64,
+    writes: Writes,
 }
 
 impl Staging {
@@ -45,13 +47,24 @@ impl Staging {
         std::fs::rename(&tmp_lock, own_dir.join(format!("{name}{LOCK_SUFFIX}")))?;
         let dir = own_dir.join(&name);
         std::fs::create_dir(&dir)?;
+        let writes = match rustix::fs::statfs(&dir) {
+            Ok(fs) => writes_for(fs.f_type as u64),
+            Err(_) => Writes::Offload,
+        };
+        tracing::debug!(dir = %dir.display(), writes = ?writes, "staging folder ready");
         Ok(Self {
             own_dir,
             name,
             dir,
             _lock: lock,
             counter: AtomicU64::new(0),
+            writes,
         })
+    }
+
+    /// Where small staged files are written, from the staging folder's filesystem.
+    pub fn writes(&self) -> Writes {
+        self.writes
     }
 
     /// The folder itself.
@@ -142,6 +155,28 @@ impl Staging {
     }
 }
 
+/// Filesystems (`statfs` `f_type`) on which a small file is created and written in tens
+/// of microseconds, so that doing it on the runtime thread beats a thread hand-off. Any
+/// other filesystem (NFS, which EFS is; SMB; FUSE; an unknown one) gets the blocking pool.
+const LOCAL_FILESYSTEMS: &[u64] = &[
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x0102_1994, // tmpfs
+    0x794C_7630, // overlayfs (a container's own layer)
+    0x2FC1_2FC1, // zfs
+    0xF2F5_2010, // f2fs
+];
+
+/// [`Writes`] for a filesystem type.
+fn writes_for(f_type: u64) -> Writes {
+    if LOCAL_FILESYSTEMS.contains(&f_type) {
+        Writes::Inline
+    } else {
+        Writes::Offload
+    }
+}
+
 /// Flushes every staged file to stable storage with one `syncfs(2)` on the filesystem of
 /// `dir`, before a batch is renamed into place: a power loss after the renames then cannot
 /// leave empty or partial files at final paths. Blocking; call it off the async threads.
@@ -160,6 +195,16 @@ impl Drop for Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_and_unknown_filesystems_write_off_the_runtime_thread() {
+        assert_eq!(writes_for(0xEF53), Writes::Inline);
+        assert_eq!(writes_for(0x0102_1994), Writes::Inline);
+        assert_eq!(writes_for(0x6969), Writes::Offload, "NFS (EFS)");
+        assert_eq!(writes_for(0xFF53_4D42), Writes::Offload, "CIFS");
+        assert_eq!(writes_for(0x6573_5546), Writes::Offload, "FUSE");
+        assert_eq!(writes_for(0), Writes::Offload, "unknown");
+    }
 
     #[test]
     fn live_staging_is_kept_dead_staging_is_swept() {

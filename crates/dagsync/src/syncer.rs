@@ -245,11 +245,12 @@ impl Syncer {
         let total = todo.len();
         let source = &self.source;
         let staging = &self.staging;
+        let writes = staging.writes();
         let mut results = futures::stream::iter(todo.into_iter().map(|(path, obj)| {
             let to = staging.new_path();
             let progress = progress.clone();
             async move {
-                let r = source.fetch(&obj, &to).await;
+                let r = source.fetch(&obj, &to, writes).await;
                 if r.is_err() {
                     staging.discard(&to);
                 } else {
