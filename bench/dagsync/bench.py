@@ -144,11 +144,12 @@ def main():
         r = results[name]
         # Per round: both tools ran within the same minute, so a noisy stretch of the host
         # falls on both; the median of these ratios is steadier than a ratio of medians.
-        rounds = [a / d for a, d in zip(aws['full']['cpu_s_all'], r['full']['cpu_s_all'])]
-        print(f"\n{name}: full-sync CPU 1/{aws['full']['cpu_s'] / r['full']['cpu_s']:.1f} of aws s3 sync's "
+        # (GNU time counts in 10 ms steps: a tiny tree can measure 0.00.)
+        rounds = [a / max(d, 0.01) for a, d in zip(aws['full']['cpu_s_all'], r['full']['cpu_s_all'])]
+        print(f"\n{name}: full-sync CPU 1/{aws['full']['cpu_s'] / max(r['full']['cpu_s'], 0.01):.1f} of aws s3 sync's "
               f"(runs: {', '.join(f'{x:.2f}' for x in r['full']['cpu_s_all'])} CPU-s; per round "
               f"1/{min(rounds):.1f}-1/{max(rounds):.1f}, median 1/{statistics.median(rounds):.1f}), "
-              f"no-op 1/{aws['noop']['cpu_s'] / r['noop']['cpu_s']:.0f}")
+              f"no-op 1/{aws['noop']['cpu_s'] / max(r['noop']['cpu_s'], 0.01):.0f}")
     print(f"\nidle daemon RSS: {rss:.1f} MiB; dist/dagsync: {results['binary_mib']:.1f} MiB")
 
 
