@@ -159,6 +159,14 @@ pub struct Tailer {
     events_tx: mpsc::Sender<bool>,
     events_rx: Option<mpsc::Receiver<bool>>,
     walk_requested: bool,
+    /// Matching files the last walk found before their first line was complete, so not
+    /// followed yet. A data event (which otherwise only reads followed files) looks at
+    /// these again; without that, such a file waited for the next poll. Only these paths
+    /// are looked at, not the whole tree: an empty file may sit there for a long time
+    /// while other files are written to.
+    awaiting_first_line: Vec<PathBuf>,
+    /// A data event arrived while some file was awaiting its first line.
+    recheck_awaiting: bool,
 }
 
 /// The directory to walk for a glob: its components up to the first one with a
@@ -264,6 +272,8 @@ impl Tailer {
             events_tx: mpsc::channel(1).0,
             events_rx: None,
             walk_requested: false,
+            awaiting_first_line: Vec::new(),
+            recheck_awaiting: false,
         };
         let (tx, rx) = mpsc::channel(256);
         tailer.events_tx = tx;
@@ -325,6 +335,14 @@ impl Tailer {
                 self.walk(why);
                 self.housekeeping().await?;
                 next_walk = tokio::time::Instant::now() + poll;
+            } else if std::mem::take(&mut self.recheck_awaiting) {
+                for path in std::mem::take(&mut self.awaiting_first_line) {
+                    if let Ok(md) = std::fs::metadata(&path)
+                        && md.is_file()
+                    {
+                        self.found(path, &md, "event");
+                    }
+                }
             }
             let moved = self.pass().await?;
             if moved {
@@ -350,6 +368,7 @@ impl Tailer {
                     if ev == Some(true) {
                         self.walk_requested = true;
                     }
+                    self.recheck_awaiting |= ev.is_some() && !self.awaiting_first_line.is_empty();
                     while let Ok(structural) = events.try_recv() {
                         self.walk_requested |= structural;
                     }
@@ -460,6 +479,7 @@ impl Tailer {
     }
 
     fn walk(&mut self, why: &'static str) {
+        self.awaiting_first_line.clear();
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut found: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
         for base in &self.bases {
@@ -521,6 +541,7 @@ impl Tailer {
             _ => return, // replaced between the walk and the open: next walk
         }
         let Some((fp, fp_len)) = fingerprint(&file, md.len()) else {
+            self.awaiting_first_line.push(path);
             return;
         };
         let now = Instant::now();

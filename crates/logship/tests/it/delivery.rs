@@ -295,12 +295,10 @@ async fn files_where_no_change_events_arrive_are_followed_by_polling() {
     d.stop(Duration::from_secs(30)).await;
 }
 
-/// The last line of a file may still be followed by traceback lines, so it waits
-/// `--multiline-timeout`; it must then go out on time, not at the next poll.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
-    let tmp = tempfile::tempdir().unwrap();
-    let logs = tmp.path().join("logs");
+/// A daemon tailing `DIR/logs/*.log` to stdout that never polls (10 minutes), with a
+/// 300 ms multiline timeout: only change events and that timeout wake its tailer.
+async fn stdout_tailer_without_polls(tmp: &std::path::Path) -> (Daemon, std::path::PathBuf) {
+    let logs = tmp.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let mut d = Daemon::start(
         &[
@@ -309,21 +307,35 @@ async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
             s("--output"),
             s("stdout"),
             s("--state-dir"),
-            tmp.path().join("state").display().to_string(),
+            tmp.join("state").display().to_string(),
             s("--poll-interval"),
             s("10m"),
             s("--multiline-timeout"),
             s("300ms"),
         ],
         &moto().endpoint(),
-        tmp.path(),
+        tmp,
         true,
     );
     d.wait_ready().await;
-    let mut f = std::fs::File::create(logs.join("held.log")).unwrap();
+    (d, logs)
+}
+
+/// Writes a two-line traceback start (the last line may go on, so it is held).
+fn write_traceback_start(f: &mut std::fs::File) {
     writeln!(f, "Traceback (most recent call last):").unwrap();
     writeln!(f, "  File \"dag.py\", line 1, in <module>").unwrap();
     f.flush().unwrap();
+}
+
+/// The last line of a file may still be followed by traceback lines, so it waits
+/// `--multiline-timeout`; it must then go out on time, not at the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut d, logs) = stdout_tailer_without_polls(tmp.path()).await;
+    let mut f = std::fs::File::create(logs.join("held.log")).unwrap();
+    write_traceback_start(&mut f);
     let written = Instant::now();
     // Nothing else happens in the directory: no event and no poll (10 minutes away)
     // wakes the tailer, only the timeout can.
@@ -338,6 +350,32 @@ async fn a_held_last_line_is_sent_when_the_multiline_timeout_ends() {
     );
     let recs = d.stdout_records();
     assert_eq!(recs.len(), 1, "the traceback is one record: {recs:?}");
+    d.stop(Duration::from_secs(30)).await;
+}
+
+/// Regression (seen once in CI on a loaded machine): a file the tailer found before its
+/// first line was complete was not followed, and its later writes (data events) never
+/// made the tailer look again, so it waited for the next poll. Airflow creates a task's
+/// log file before it writes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_found_empty_is_followed_from_its_first_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut d, logs) = stdout_tailer_without_polls(tmp.path()).await;
+    let mut f = std::fs::File::create(logs.join("late.log")).unwrap();
+    // Let the creation event be handled (its walk finds an empty file) before writing.
+    eventually(Duration::from_secs(10), "the creation event", || async {
+        metric_sum(&d.metrics().await, "logship_watch_events_total") >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write_traceback_start(&mut f);
+    d.eventually_on_stdout(Duration::from_secs(10), "the late file's lines", |lines| {
+        lines.iter().any(|x| x.contains("dag.py"))
+    })
+    .await;
+    let recs = d.stdout_records();
+    assert_eq!(recs.len(), 1, "the traceback is one record: {recs:?}");
+    assert_eq!(recs[0]["offset"], 0, "read from its start: {recs:?}");
     d.stop(Duration::from_secs(30)).await;
 }
 
