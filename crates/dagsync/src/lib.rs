@@ -205,11 +205,11 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
             }
         })
     };
+    // With --once nothing serves /metrics, so no recorder is installed (the metrics
+    // macros are no-ops then): building one calibrates a clock for several milliseconds.
     if !config.once {
         let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
         tokio::spawn(admin.serve(shutdown.clone()));
-    } else {
-        airside_core::admin::install_metrics();
     }
     let mut watch_rx = if config.watch {
         match &config.source {
