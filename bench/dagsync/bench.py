@@ -46,6 +46,38 @@ def cpu_ticks():
     return fields[7], sum(fields[:8])
 
 
+def fresh_fs_possible():
+    """True when this process may make and loop-mount file systems (root, losetup, mkfs.ext4)."""
+    if os.environ.get("FRESH_FS", "1") == "0" or os.geteuid() != 0:
+        return False
+    if not (shutil.which("mkfs.ext4") and shutil.which("losetup")):
+        return False
+    try:
+        FreshFs().close()
+        return True
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"no fresh file systems ({e}); using temporary folders", file=sys.stderr)
+        return False
+
+
+class FreshFs:
+    """A new 512 MiB ext4 file system (mkfs defaults, sparse image) mounted on a loop device."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-fs-")
+        self.image = os.path.join(self.dir, "image")
+        self.mount = os.path.join(self.dir, "mnt")
+        os.mkdir(self.mount)
+        with open(self.image, "wb") as f:
+            f.truncate(512 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["mount", "-o", "loop", self.image, self.mount], check=True)
+
+    def close(self):
+        subprocess.run(["umount", self.mount], check=True)
+        shutil.rmtree(self.dir)
+
+
 def tree_files(d):
     n = 0
     for _, dirs, files in os.walk(d):
@@ -79,21 +111,25 @@ def main():
         "rclone sync": lambda d: ["rclone", "sync", "moto:bench/env", d, "--quiet"],
     }
     results = {}
-    # Destinations are removed only after every run: on ext4 without a journal (this VM's
-    # /tmp), a file created within ~30 s of many deletions in the same block group makes
-    # the kernel skip each recently deleted inode (`recently_deleted` in find_inode_bit).
-    # Deleting each tree before the next run made every tool's full sync pay that scan
-    # (perf: a third of dagsync's samples), which is not what a DAG folder sees.
-    # Round-robin (every tool once per round) so that a noisy stretch on this shared VM
-    # falls on all tools alike; the host's steal time over each tool's runs is recorded.
+    # Each measurement (a full sync and the no-op after it) gets a freshly made ext4 file
+    # system on a loop device, so that no tool pays for files another run deleted: ext4's
+    # inode allocator skips inodes deleted in the last ~30 s (`recently_deleted` in
+    # find_inode_bit), and after the 40,000 deletions of a previous run that scan was up to
+    # a third of dagsync's full-sync samples (perf, session 5). Without root or loop devices
+    # (FRESH_FS=0, or not allowed) destinations are plain temporary folders, removed only
+    # after every run. Round-robin (every tool once per round) so that a noisy stretch on
+    # this shared VM falls on all tools alike; the host's steal time is recorded.
+    fresh = fresh_fs_possible()
+    print(f"destinations: {'a fresh ext4 file system per measurement' if fresh else 'temporary folders'}",
+          file=sys.stderr)
     dests = []
     runs = {name: ([], []) for name in tools}
     steal = {name: [0, 0] for name in tools}
     for _ in range(RUNS):
         for name, cmd in tools.items():
             full, noop = runs[name]
-            d = tempfile.mkdtemp(prefix="bench-dest-")
-            dests.append(d)
+            fs = FreshFs() if fresh else None
+            d = fs.mount if fs else tempfile.mkdtemp(prefix="bench-dest-")
             before = cpu_ticks()
             full.append(measure(cmd(d), env))
             assert tree_files(d) == FILES, (name, tree_files(d))
@@ -101,6 +137,10 @@ def main():
             after = cpu_ticks()
             steal[name][0] += after[0] - before[0]
             steal[name][1] += after[1] - before[1]
+            if fs:
+                fs.close()
+            else:
+                dests.append(d)
     med = lambda xs, i: statistics.median(x[i] for x in xs)
     for name, (full, noop) in runs.items():
         results[name] = {
