@@ -130,17 +130,19 @@ def main():
             full, noop = runs[name]
             fs = FreshFs() if fresh else None
             d = fs.mount if fs else tempfile.mkdtemp(prefix="bench-dest-")
-            before = cpu_ticks()
-            full.append(measure(cmd(d), env))
-            assert tree_files(d) == FILES, (name, tree_files(d))
-            noop.append(measure(cmd(d), env))
-            after = cpu_ticks()
+            try:
+                before = cpu_ticks()
+                full.append(measure(cmd(d), env))
+                assert tree_files(d) == FILES, (name, tree_files(d))
+                noop.append(measure(cmd(d), env))
+                after = cpu_ticks()
+            finally:  # a failed run must not leave a loop mount behind
+                if fs:
+                    fs.close()
+                else:
+                    dests.append(d)
             steal[name][0] += after[0] - before[0]
             steal[name][1] += after[1] - before[1]
-            if fs:
-                fs.close()
-            else:
-                dests.append(d)
     med = lambda xs, i: statistics.median(x[i] for x in xs)
     for name, (full, noop) in runs.items():
         results[name] = {
