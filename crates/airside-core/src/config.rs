@@ -38,8 +38,20 @@ pub enum LogFormat {
 /// Defines a daemon's logging flags with that daemon's environment variable names,
 /// so that every flag of `dagsync` reads `DAGSYNC_*`, of `logship` `LOGSHIP_*`, and so on.
 ///
-/// ```ignore
-/// airside_core::log_args!(LogArgs, "DAGSYNC_LOG_FORMAT", "DAGSYNC_LOG");
+/// ```
+/// use clap::Parser;
+/// // dagsync passes "DAGSYNC_LOG_FORMAT" and "DAGSYNC_LOG".
+/// airside_core::log_args!(LogArgs, "AIRSIDE_DOCTEST_LOG_FORMAT", "AIRSIDE_DOCTEST_LOG");
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     log: LogArgs,
+/// }
+///
+/// let cli = Cli::parse_from(["dagsync", "--log-level", "debug"]);
+/// assert_eq!(cli.log.log_level, "debug");
+/// assert_eq!(cli.log.log_format, airside_core::config::LogFormat::Auto);
 /// ```
 #[macro_export]
 macro_rules! log_args {
