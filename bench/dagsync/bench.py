@@ -47,10 +47,10 @@ def cpu_ticks():
 
 
 def fresh_fs_possible():
-    """True when this process may make and loop-mount file systems (root, losetup, mkfs.ext4)."""
+    """True when this process may make and loop-mount file systems (root, mount, mkfs.ext4)."""
     if os.environ.get("FRESH_FS", "1") == "0" or os.geteuid() != 0:
         return False
-    if not (shutil.which("mkfs.ext4") and shutil.which("losetup")):
+    if not (shutil.which("mkfs.ext4") and shutil.which("mount")):
         return False
     try:
         FreshFs().close()
@@ -68,10 +68,15 @@ class FreshFs:
         self.image = os.path.join(self.dir, "image")
         self.mount = os.path.join(self.dir, "mnt")
         os.mkdir(self.mount)
-        with open(self.image, "wb") as f:
-            f.truncate(512 << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["mount", "-o", "loop", self.image, self.mount], check=True)
+        try:
+            with open(self.image, "wb") as f:
+                f.truncate(512 << 20)
+            subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["mount", "-o", "loop", self.image, self.mount], check=True,
+                           stderr=subprocess.DEVNULL)
+        except BaseException:
+            shutil.rmtree(self.dir)  # nothing is mounted yet: no image left behind
+            raise
 
     def close(self):
         subprocess.run(["umount", self.mount], check=True)
