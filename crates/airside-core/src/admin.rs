@@ -54,6 +54,7 @@ pub fn install_metrics() -> PrometheusHandle {
 pub struct Readiness {
     state: Arc<Mutex<ReadyState>>,
     check: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    detail: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -88,6 +89,22 @@ impl Readiness {
     ) -> Self {
         self.check = Some(Arc::new(check));
         self
+    }
+
+    /// Extra lines shown on `/readyz` after the verdict, ready or not (for example the
+    /// items that failed while the rest of the work is fine). Empty text adds nothing.
+    pub fn with_detail(mut self, detail: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.detail = Some(Arc::new(detail));
+        self
+    }
+
+    /// The extra lines of [`Readiness::with_detail`], each ending in a newline.
+    pub fn detail(&self) -> String {
+        let mut text = self.detail.as_ref().map(|d| d()).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
     }
 
     /// Marks ready.
@@ -270,10 +287,10 @@ fn route(
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match readiness.status() {
-            (true, _) => text(StatusCode::OK, "ready\n".into()),
+            (true, _) => text(StatusCode::OK, format!("ready\n{}", readiness.detail())),
             (false, why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
+                format!("not ready: {why}\n{}", readiness.detail()),
             ),
         },
         "/metrics" => {

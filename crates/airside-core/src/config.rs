@@ -76,6 +76,30 @@ macro_rules! log_args {
     };
 }
 
+/// Parses a size in bytes: `1048576`, `512KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`
+/// and `k`/`M`/`G`, all powers of 1,024, as memory limits are).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (write for example 16MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Parses a `host:port` admin address, with a helpful message.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|e| {
@@ -86,6 +110,17 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("512 KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert!(parse_bytes("16 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -21,6 +21,9 @@ pub enum ExitCode {
     Destination = 4,
     /// A safety guard refused to act (one-shot modes only).
     Guard = 5,
+    /// Part of the work could not be done and was reported item by item; the rest was
+    /// done (one-shot modes only; a daemon keeps retrying those items).
+    Partial = 6,
 }
 
 impl ExitCode {
@@ -39,6 +42,7 @@ impl fmt::Display for ExitCode {
             ExitCode::AccessDenied => "access denied",
             ExitCode::Destination => "destination missing or not writable",
             ExitCode::Guard => "safety guard refused",
+            ExitCode::Partial => "some items failed, the rest was done",
         };
         write!(f, "{} ({text})", self.code())
     }

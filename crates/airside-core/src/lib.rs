@@ -7,7 +7,8 @@
 //! bounded drain ([`shutdown`]), full-jitter backoff ([`backoff`]), AWS client
 //! setup with a pure-Rust resolver and error classification ([`aws`]), ECS task
 //! metadata ([`ecs`]), the `healthcheck` subcommand ([`healthcheck`]), idle memory
-//! ([`memory`]) and the exit-code contract ([`exit`]).
+//! ([`memory`]), durable atomic file replacement ([`atomic_file`]) and the exit-code
+//! contract ([`exit`]).
 //!
 //! Data flows one way: a daemon's `main` parses its clap config, calls
 //! [`telemetry::init`], builds its service and hands it a [`shutdown::Shutdown`];
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod atomic_file;
 pub mod aws;
 pub mod backoff;
 pub mod config;

@@ -123,6 +123,32 @@ pub fn keep_freed_buffers(keep: usize) {
     let _ = keep;
 }
 
+/// Makes every allocation of `threshold` bytes or more its own mapping, returned to the
+/// kernel the moment it is freed, for a daemon whose memory limit must hold while it
+/// handles buffers of many sizes (dagsync's whole-object bodies).
+///
+/// glibc otherwise raises its mmap threshold each time such a buffer is freed (up to
+/// 32 MiB), after which buffers of that size come from the heaps of up to 8 arenas per
+/// core, each keeping up to twice the threshold of freed memory resident: measured,
+/// dagsync peaked at 61 MiB RSS syncing 40 objects of 7 MiB with a 16 MiB body budget.
+/// A fixed threshold turns the dynamic one off; two arenas bound what the heaps keep.
+/// Call it first thing in `main`, before any thread starts.
+pub fn return_large_buffers(threshold: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let clamp = |v: usize| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes the allocator's settings; every value is in
+        // range for a c_int and glibc validates them.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, clamp(threshold));
+            libc::mallopt(libc::M_TRIM_THRESHOLD, clamp(threshold.saturating_mul(2)));
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = threshold;
+}
+
 /// Returns freed heap to the kernel and unmaps resident code pages; call when a burst
 /// of work is over and the daemon goes idle. Costs a few milliseconds at most: the
 /// next burst faults the code it needs back in from the page cache.

@@ -134,6 +134,7 @@ struct Shared {
     stats: FaultStats,
     client: Client<HttpConnector, Full<Bytes>>,
     exchange: Option<ExchangeRewrite>,
+    strict_s3: Option<Arc<crate::strict_s3::StrictS3>>,
 }
 
 /// A fault-injecting HTTP proxy on loopback, running on its own thread until dropped.
@@ -147,16 +148,41 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (for example moto's `http://127.0.0.1:PORT`).
     pub fn start(upstream: &str, plan: FaultPlan) -> Self {
-        Self::start_inner(upstream, plan, None)
+        Self::start_inner(upstream, plan, None, None)
+    }
+
+    /// Like [`FaultProxy::start`], in strict-S3 mode: S3 answers follow the documented
+    /// rules that moto lacks ([`crate::StrictS3`]), read with [`FaultProxy::strict_s3`].
+    /// Objects must be stored through this proxy for their encryption to be known.
+    pub fn start_strict_s3(upstream: &str, plan: FaultPlan) -> Self {
+        Self::start_inner(
+            upstream,
+            plan,
+            None,
+            Some(Arc::new(crate::strict_s3::StrictS3::default())),
+        )
+    }
+
+    /// The strict-S3 rules of a proxy started with [`FaultProxy::start_strict_s3`].
+    pub fn strict_s3(&self) -> &crate::strict_s3::StrictS3 {
+        self.shared
+            .strict_s3
+            .as_deref()
+            .expect("started with FaultProxy::start_strict_s3")
     }
 
     /// Like [`FaultProxy::start`], and every forwarded request passes through `exchange`
     /// (faults from `plan` are injected first; a request answered with a fault never reaches it).
     pub fn start_with_exchange(upstream: &str, plan: FaultPlan, exchange: ExchangeRewrite) -> Self {
-        Self::start_inner(upstream, plan, Some(exchange))
+        Self::start_inner(upstream, plan, Some(exchange), None)
     }
 
-    fn start_inner(upstream: &str, plan: FaultPlan, exchange: Option<ExchangeRewrite>) -> Self {
+    fn start_inner(
+        upstream: &str,
+        plan: FaultPlan,
+        exchange: Option<ExchangeRewrite>,
+        strict_s3: Option<Arc<crate::strict_s3::StrictS3>>,
+    ) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("proxy addr");
@@ -168,6 +194,7 @@ impl FaultProxy {
             stats: FaultStats::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             exchange,
+            strict_s3,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_shared = shared.clone();
@@ -303,6 +330,17 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let mut parts = parts;
+    if let Some(strict) = &shared.strict_s3
+        && let crate::strict_s3::Verdict::Answer(status, body) =
+            strict.on_request(&parts.method, &path, &mut parts.headers)
+    {
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(Full::new(body))
+            .map_err(|_| Dropped);
+    }
     let mut forward_body = body.clone();
     let mut fix: Option<ResponseFix> = None;
     if let Some(exchange) = &shared.exchange
@@ -334,6 +372,17 @@ async fn handle(
         return Err(Dropped);
     }
     let mut rparts = rparts;
+    if let Some(strict) = &shared.strict_s3 {
+        let status = rparts.status;
+        strict.on_response(
+            &parts.method,
+            &path,
+            &parts.headers,
+            status,
+            &mut rparts.headers,
+            &mut rbody,
+        );
+    }
     if rparts.status.is_success()
         && let Some(fix) = fix
     {

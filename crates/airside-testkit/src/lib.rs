@@ -6,6 +6,11 @@
 //!   share of requests with 500 InternalError, 503 SlowDown or a throttling
 //!   error, or drops the connection, and counts what it injected so a test can
 //!   prove faults really happened.
+//! * [`StrictS3`]: the proxy's strict-S3 mode, which enforces documented S3 behaviour
+//!   that moto lacks (encrypted objects' ETags, checksums, conditional requests).
+//! * [`MemoryCap`]: runs a daemon in a memory cgroup limited as its task definition
+//!   limits its container, and reports OOM kills and the peak.
+//! * [`FuseMount`]: a bindfs (FUSE) mount that stands in for the shared EFS folder.
 //! * [`EmptyRoot`]: a chroot holding only a static binary, `/etc/hosts` and
 //!   `/etc/resolv.conf`, to prove the binaries run in a FROM-scratch image.
 //! * [`KillOnDrop`]: a daemon child process, killed when dropped, with SIGTERM and a
@@ -16,12 +21,18 @@
 
 mod empty_root;
 mod fault_proxy;
+mod fuse_mount;
+mod memory_cap;
 mod moto;
 mod process;
+mod strict_s3;
 
 pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
 pub use fault_proxy::{
     ExchangeRewrite, Fault, FaultPlan, FaultProxy, FaultStats, ResponseFix, ResponseRewrite,
 };
+pub use fuse_mount::FuseMount;
+pub use memory_cap::{CapReport, MemoryCap, taskdef_memory_mib};
 pub use moto::{Moto, moto, unique_name, workspace_root};
 pub use process::{KillOnDrop, free_addr};
+pub use strict_s3::{Encryption, StrictS3};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airside_core::config::{parse_duration, parse_socket_addr};
+use airside_core::config::{parse_bytes, parse_duration, parse_socket_addr};
 use clap::{Parser, Subcommand};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -96,6 +96,20 @@ pub struct SyncArgs {
     /// the AWS SDK. Any failure on the direct path is repeated through the SDK either way.
     #[arg(long, env = "DAGSYNC_DIRECT_GET", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub direct_get: bool,
+    /// Bytes that in-flight downloads may hold in memory, all together; a download that
+    /// does not fit streams to its staging file instead. The default keeps dagsync well
+    /// inside the 64 MiB the task definitions give it, whatever the object sizes.
+    #[arg(long, env = "DAGSYNC_MEMORY_BUDGET", default_value = "16MiB", value_parser = parse_bytes)]
+    pub memory_budget: u64,
+    /// Publish nothing in a cycle where any object could not be fetched or verified (by
+    /// default the rest is published and the failing objects are reported and retried).
+    #[arg(long, env = "DAGSYNC_ALL_OR_NOTHING")]
+    pub all_or_nothing: bool,
+    /// Let only one dagsync at a time write a DAG folder that several tasks share (a lock
+    /// on DEST/.dagsync/lease); the others stand by and take over when it stops. `false`
+    /// makes every instance sync on its own, as before the lease existed.
+    #[arg(long, env = "DAGSYNC_LEASE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub lease: bool,
 }
 
 /// A validated configuration.
@@ -127,6 +141,12 @@ pub struct Config {
     pub watch: bool,
     /// GetObject through dagsync's direct path first.
     pub direct_get: bool,
+    /// Bytes of bodies held in memory at once.
+    pub memory_budget: u64,
+    /// Publish nothing when any object fails.
+    pub all_or_nothing: bool,
+    /// One writer per destination.
+    pub lease: bool,
 }
 
 impl Config {
@@ -144,6 +164,12 @@ impl Config {
         let exclude = globs
             .build()
             .map_err(|e| format!("invalid --exclude: {e}"))?;
+        if args.memory_budget < 64 * 1024 {
+            return Err(format!(
+                "--memory-budget {} is too small: use at least 64KiB (16MiB is the default)",
+                args.memory_budget
+            ));
+        }
         if args.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
@@ -164,6 +190,9 @@ impl Config {
             shutdown_timeout: args.shutdown_timeout,
             watch: args.watch,
             direct_get: args.direct_get,
+            memory_budget: args.memory_budget,
+            all_or_nothing: args.all_or_nothing,
+            lease: args.lease,
         })
     }
 }
@@ -186,6 +215,9 @@ mod tests {
         assert_eq!(c.max_delete, DeleteLimit::Percent(50.0));
         assert!(!c.once);
         assert!(c.direct_get);
+        assert_eq!(c.memory_budget, 16 << 20);
+        assert!(!c.all_or_nothing);
+        assert!(c.lease);
         let c = parse(&[
             "--source",
             "s3://b/",

@@ -37,6 +37,8 @@ use aws_smithy_types::byte_stream::ByteStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 
+use crate::verify::CHECKSUM_MODE;
+
 /// What S3 wants percent-encoded in a key's path: everything but RFC 3986's unreserved
 /// characters and `/` (the SDK's "greedy label" rule; S3 does not encode twice).
 const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -70,8 +72,9 @@ pub(crate) struct Target {
 
 /// The answer to one direct GET.
 pub(crate) enum Answer {
-    /// 200: the object's bytes follow.
-    Body(ByteStream),
+    /// 200: the object's bytes follow, with how to verify them (from the answer's
+    /// checksum and encryption headers).
+    Body(ByteStream, crate::verify::Check),
     /// 412: the object is no longer the listed version.
     Changed,
 }
@@ -181,6 +184,7 @@ impl DirectGet {
             .uri(format!("{}{}", t.origin, path))
             .header("host", &t.host)
             .header("if-match", &if_match)
+            .header(CHECKSUM_MODE.0, CHECKSUM_MODE.1)
             .header("x-amz-content-sha256", EMPTY_SHA256)
             .header("x-amz-date", &amz_date)
             .header("authorization", authorization)
@@ -201,7 +205,11 @@ impl DirectGet {
             .await
             .map_err(|e| format!("sending: {e}"))?;
         match response.status().as_u16() {
-            200 => Ok(Answer::Body(ByteStream::new(response.into_body()))),
+            200 => {
+                let headers = response.headers();
+                let check = crate::verify::Check::from_response(etag, |name| headers.get(name));
+                Ok(Answer::Body(ByteStream::new(response.into_body()), check))
+            }
             412 => Ok(Answer::Changed),
             status => Err(format!("HTTP {status}")),
         }
@@ -339,18 +347,18 @@ pub(crate) struct Signing<'a> {
 }
 
 /// The SigV4 Authorization header of a GET with no query and an empty body, signing the
-/// host, if-match, x-amz-content-sha256, x-amz-date and (with temporary credentials)
-/// x-amz-security-token headers. S3's canonical URI is the path as sent: no second
+/// host, if-match, x-amz-checksum-mode, x-amz-content-sha256, x-amz-date and (with
+/// temporary credentials) x-amz-security-token headers. S3's canonical URI is the path as sent: no second
 /// encoding, no normalisation. Header values here contain no spaces to fold.
 pub(crate) fn authorization(s: &Signing<'_>) -> String {
     let signed_headers = if s.session_token.is_some() {
-        "host;if-match;x-amz-content-sha256;x-amz-date;x-amz-security-token"
+        "host;if-match;x-amz-checksum-mode;x-amz-content-sha256;x-amz-date;x-amz-security-token"
     } else {
-        "host;if-match;x-amz-content-sha256;x-amz-date"
+        "host;if-match;x-amz-checksum-mode;x-amz-content-sha256;x-amz-date"
     };
     let mut canonical = format!(
-        "GET\n{}\n\nhost:{}\nif-match:{}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{}\n",
-        s.path, s.host, s.if_match, s.amz_date
+        "GET\n{}\n\nhost:{}\nif-match:{}\n{}:{}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{}\n",
+        s.path, s.host, s.if_match, CHECKSUM_MODE.0, CHECKSUM_MODE.1, s.amz_date
     );
     if let Some(token) = s.session_token {
         canonical.push_str("x-amz-security-token:");
@@ -411,7 +419,7 @@ mod tests {
         let request = SignableRequest::new(
             "GET",
             uri,
-            [("if-match", if_match)].into_iter(),
+            [("if-match", if_match), CHECKSUM_MODE].into_iter(),
             SignableBody::Bytes(&[]),
         )
         .unwrap();

@@ -15,12 +15,14 @@ pub mod cadence;
 pub mod config;
 mod direct;
 pub mod keys;
+pub mod lease;
 pub mod plan;
 pub mod publish;
 pub mod source;
 pub mod staging;
 pub mod state;
 pub mod syncer;
+pub mod verify;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -63,6 +65,14 @@ pub mod telemetry {
     pub const FILES_SYNCED: &str = "dagsync_files_synced";
     /// Failed cycles by error class.
     pub const ERRORS: &str = "dagsync_errors_total";
+    /// Objects that failed to fetch or verify, by reason (integrity, access_denied,
+    /// not_found, changed): each failure of each cycle counts once.
+    pub const OBJECT_FAILURES: &str = "dagsync_object_failures_total";
+    /// Objects failing right now (their files keep their previous version).
+    pub const OBJECTS_FAILING: &str = "dagsync_objects_failing";
+    /// 1 for this instance's role for its destination (`role`: writer, standby), 0 for
+    /// the other.
+    pub const ROLE: &str = "dagsync_role";
 }
 
 /// Consecutive access-denied cycles tolerated before exiting 3, so that a passing
@@ -91,6 +101,17 @@ pub enum Error {
     /// A delete guard refused (with --once).
     #[error("delete guard: {0}")]
     Guard(plan::Refusal),
+    /// Some objects could not be fetched or verified (with --once); the rest was published.
+    #[error("{} objects could not be fetched or verified; everything else was published: {}", failed.len(), describe_failures(failed))]
+    Partial {
+        /// The failures.
+        failed: Vec<syncer::FailedObject>,
+    },
+    /// With --once: another dagsync writes this folder and has not synced it recently.
+    #[error(
+        "another dagsync holds the writer lease of {0} and has not completed a sync within --max-staleness; try again, or check that process"
+    )]
+    LeaseBusy(String),
     /// AWS setup failed.
     #[error(transparent)]
     Aws(#[from] aws::AwsSetupError),
@@ -113,8 +134,23 @@ impl HasExitCode for Error {
                 },
             },
             Error::Guard(_) => ExitCode::Guard,
+            Error::Partial { .. } => ExitCode::Partial,
+            Error::LeaseBusy(_) => ExitCode::Other,
         }
     }
+}
+
+/// `key (reason), …` for the first few failures.
+fn describe_failures(failed: &[syncer::FailedObject]) -> String {
+    let mut parts: Vec<String> = failed
+        .iter()
+        .take(5)
+        .map(|f| format!("{} ({}: {})", f.key, f.reason, f.error))
+        .collect();
+    if failed.len() > 5 {
+        parts.push(format!("and {} more", failed.len() - 5));
+    }
+    parts.join("; ")
 }
 
 /// Checks that the destination exists, is a folder and is writable.
@@ -169,7 +205,14 @@ pub async fn connect(spec: &SourceSpec, direct_get: bool) -> Result<Source, Erro
 }
 
 fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
+    let failed_keys: Vec<&str> = report
+        .failed
+        .iter()
+        .take(10)
+        .map(|f| f.key.as_str())
+        .collect();
     tracing::info!(
+        role = lease::Role::Writer.as_str(),
         result = if report.changed() { "changed" } else { "noop" },
         listed = report.listed,
         downloaded = report.downloaded,
@@ -180,30 +223,69 @@ fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
         unchanged = report.unchanged,
         invalid = report.invalid,
         refused = report.refused_count,
+        failed = report.failed.len(),
+        failed_keys = %failed_keys.join(","),
         files = synced,
         duration_ms = elapsed.as_millis() as u64,
         "sync cycle"
     );
+    for f in &report.failed {
+        tracing::warn!(key = %f.key, reason = f.reason, error = %f.error, "object not published; its previous version stays and it is retried next cycle");
+        metrics::counter!(telemetry::OBJECT_FAILURES, "reason" => f.reason).increment(1);
+    }
+    metrics::gauge!(telemetry::OBJECTS_FAILING).set(report.failed.len() as f64);
+}
+
+/// What every instance knows of the shared folder's freshness, for `/readyz`: the last
+/// successful cycle (this process's as writer, the writer's as standby) and the objects
+/// that failed in it.
+#[derive(Debug, Default)]
+struct Freshness {
+    last_success: Option<SystemTime>,
+    failing: Vec<(String, String)>,
+}
+
+fn set_role(role: lease::Role) {
+    for r in [lease::Role::Writer, lease::Role::Standby] {
+        metrics::gauge!(telemetry::ROLE, "role" => r.as_str()).set(f64::from(u8::from(r == role)));
+    }
 }
 
 /// Runs dagsync until shutdown (or for one cycle with `--once`), with the given source.
 pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Result<(), Error> {
     check_destination(&config.dest)?;
     let source_name = config.source.display();
-    let last_success: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let own_dir = config.dest.join(keys::OWN_DIR);
+    let fresh: Arc<Mutex<Freshness>> = Arc::default();
     let readiness = {
-        let last = last_success.clone();
+        let (check, detail) = (fresh.clone(), fresh.clone());
         let max_age = config.ready_max_age;
-        Readiness::new("no successful sync yet").with_check(move || {
-            match *last.lock().expect("lock") {
-                Some(t) if t.elapsed() > max_age => Err(format!(
-                    "last successful sync was {}s ago (limit {}s)",
-                    t.elapsed().as_secs(),
-                    max_age.as_secs()
-                )),
-                _ => Ok(()),
-            }
-        })
+        Readiness::new("no successful sync yet")
+            .with_check(move || {
+                let f = check.lock().expect("lock");
+                match f.last_success {
+                    None => Err("no successful sync of the DAG folder yet".into()),
+                    Some(t) => {
+                        let age = t.elapsed().unwrap_or_default();
+                        if age > max_age {
+                            Err(format!(
+                                "last successful sync was {}s ago (limit {}s)",
+                                age.as_secs(),
+                                max_age.as_secs()
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            })
+            .with_detail(move || {
+                let f = detail.lock().expect("lock");
+                f.failing
+                    .iter()
+                    .map(|(key, reason)| format!("failing object: {key} ({reason})\n"))
+                    .collect()
+            })
     };
     // With --once nothing serves /metrics, so no recorder is installed (the metrics
     // macros are no-ops then): building one calibrates a clock for several milliseconds.
@@ -224,6 +306,7 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     let dry_run = config.dry_run;
     let cadence = config.cadence;
     let grace = config.shutdown_timeout;
+    let use_lease = config.lease && !dry_run;
     let mut syncer = Syncer::new(config, source).map_err(|e| Error::Destination(e.to_string()))?;
     let progress_task = (once && !dry_run && std::io::stderr().is_terminal()).then(|| {
         tokio::spawn(syncer::show_progress(
@@ -236,15 +319,93 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     let mut failures = 0u32;
     let mut denied = 0u32;
     let mut idle = 0u32;
+    let mut held: Option<lease::Lease> = None;
+    let mut role: Option<lease::Role> = None;
+    let once_deadline = Instant::now() + cadence.max_staleness();
     tracing::info!(source = %source_name, files = syncer.synced_files(), "dagsync starting");
 
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
+        if use_lease && held.is_none() {
+            let taken = lease::Lease::try_take(&own_dir).map_err(|e| {
+                Error::Destination(format!(
+                    "{}: cannot open the writer lease: {e}",
+                    own_dir.join(lease::LEASE_FILE).display()
+                ))
+            })?;
+            match taken {
+                Some(l) => {
+                    // Continue from what the previous writer published.
+                    syncer
+                        .reload_state()
+                        .map_err(|e| Error::Destination(e.to_string()))?;
+                    if role.is_some() {
+                        tracing::info!(
+                            role = "writer",
+                            previous = role.map(|r| r.as_str()),
+                            holder = l.holder(),
+                            "took over the writer lease of the DAG folder"
+                        );
+                    }
+                    held = Some(l);
+                }
+                None => {
+                    let status = lease::SharedStatus::read(&own_dir);
+                    if role != Some(lease::Role::Standby) {
+                        tracing::info!(
+                            role = "standby",
+                            writer = status
+                                .as_ref()
+                                .map(|s| s.writer.as_str())
+                                .unwrap_or("unknown"),
+                            "another dagsync writes this DAG folder; standing by"
+                        );
+                        role = Some(lease::Role::Standby);
+                        set_role(lease::Role::Standby);
+                    }
+                    if let Some(status) = &status {
+                        {
+                            let mut f = fresh.lock().expect("lock");
+                            f.last_success = Some(status.last_success());
+                            f.failing = status.failing.clone();
+                        }
+                        // Ready as long as the writer's last success is recent (the check).
+                        readiness.set_ready();
+                    }
+                    if once {
+                        // The folder is kept by another process: done if it is fresh.
+                        let recent = status.as_ref().is_some_and(|s| {
+                            s.last_success().elapsed().unwrap_or_default()
+                                <= cadence.max_staleness()
+                        });
+                        if recent {
+                            tracing::info!(
+                                "another dagsync keeps this folder in sync and did so recently; nothing to do"
+                            );
+                            return Ok(());
+                        }
+                        if Instant::now() >= once_deadline {
+                            return Err(Error::LeaseBusy(own_dir.display().to_string()));
+                        }
+                        sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
+                        continue;
+                    }
+                    // Poll the lease twice per interval, so a dead writer is replaced well
+                    // within --max-staleness.
+                    sleep_or_shutdown(cadence.next_delay(0, Duration::ZERO) / 2, &shutdown).await;
+                    continue;
+                }
+            }
+        }
+        if role != Some(lease::Role::Writer) {
+            role = Some(lease::Role::Writer);
+            set_role(lease::Role::Writer);
+        }
         let started = Instant::now();
         let result = {
-            let fut = syncer.cycle();
+            let fut = syncer.cycle(held.as_ref());
             tokio::pin!(fut);
             tokio::select! {
                 r = &mut fut => r,
@@ -285,20 +446,50 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
                 metrics::gauge!(telemetry::LAST_SUCCESS).set(now.as_secs_f64());
-                *last_success.lock().expect("lock") = Some(Instant::now());
+                let failing: Vec<(String, String)> = report
+                    .failed
+                    .iter()
+                    .map(|f| (f.key.clone(), f.reason.to_string()))
+                    .collect();
+                if let Some(l) = &held {
+                    let status = lease::SharedStatus {
+                        writer: l.holder().to_string(),
+                        last_success_ms: lease::SharedStatus::now_ms(),
+                        failing: failing.clone(),
+                    };
+                    if let Err(e) = status.write(&own_dir) {
+                        tracing::warn!(error = %e, "cannot record the sync status for the other tasks' health checks");
+                    }
+                }
+                {
+                    let mut f = fresh.lock().expect("lock");
+                    f.last_success = Some(SystemTime::now());
+                    f.failing = failing;
+                }
                 readiness.set_ready();
                 if once {
+                    if !report.failed.is_empty() {
+                        return Err(Error::Partial {
+                            failed: report.failed,
+                        });
+                    }
                     return match report.refused {
                         Some(r) => Err(Error::Guard(r)),
                         None => Ok(()),
                     };
                 }
-                idle = if report.changed() {
+                idle = if report.changed() || !report.failed.is_empty() {
                     0
                 } else {
                     idle.saturating_add(1)
                 };
                 cadence.next_delay(idle, elapsed)
+            }
+            Err(CycleError::LeaseLost { path }) => {
+                tracing::warn!(lease = %path.display(), "lost the writer lease before publishing; nothing was published, standing by");
+                held = None;
+                role = None;
+                cadence.next_delay(0, elapsed) / 2
             }
             Err(error) => {
                 let class = error.class();
@@ -366,6 +557,8 @@ fn watch(root: &Path) -> Result<Watch, Error> {
 /// Runs dagsync until shutdown (or for one cycle with `--once`).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     check_destination(&config.dest)?;
-    let source = connect(&config.source, config.direct_get).await?;
+    let source = connect(&config.source, config.direct_get)
+        .await?
+        .with_memory_budget(config.memory_budget);
     run_with(config, source, shutdown).await
 }

@@ -5,6 +5,9 @@ use clap::Parser;
 use dagsync::{Cli, Command, Config};
 
 fn main() -> std::process::ExitCode {
+    // Whole-object bodies of up to 8 MiB come and go: each one over 256 KiB is mapped and
+    // unmapped on its own, so the 64 MiB container limit holds whatever the object sizes.
+    airside_core::memory::return_large_buffers(256 << 10);
     let cli = Cli::parse();
     cli.log.init_tracing();
     airside_core::memory::init();

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use airside_core::aws::{self, ErrorClass};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_runtime_api::client::http::SharedHttpConnector;
-use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::direct::{Answer, DirectGet};
-use tokio::io::AsyncWriteExt;
+use crate::verify::{CHECKSUM_MODE, Check};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +106,14 @@ pub enum SourceError {
         key: String,
     },
     /// The bytes received are not the listed object.
-    #[error("{key}: received data does not match the listing: {detail}")]
+    #[error(
+        "{key}: the downloaded bytes failed the {check} check ({detail}); the file was not published"
+    )]
     Integrity {
         /// The relative key.
         key: String,
+        /// Which check failed ([`Check::as_str`]).
+        check: &'static str,
         /// What did not match.
         detail: String,
     },
@@ -158,6 +163,8 @@ pub enum Source {
         prefix: String,
         /// The direct GetObject path, when enabled.
         direct: Option<Arc<DirectPath>>,
+        /// Bytes that in-flight downloads may hold in memory (see [`MemoryBudget`]).
+        budget: MemoryBudget,
     },
     /// A local folder.
     Local {
@@ -177,6 +184,12 @@ impl Source {
     ) -> Self {
         let s3_config = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(aws::use_path_style(config))
+            // dagsync verifies every body itself ([`crate::verify`]), asking for checksums
+            // explicitly: one authority, whose failures name the key and the check, instead
+            // of a second, SDK-side validation that surfaces as an opaque stream error.
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .build();
         let body_timeout = config
             .timeout_config()
@@ -186,6 +199,7 @@ impl Source {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket,
             prefix,
+            budget: MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
             direct: direct.map(|connector| {
                 Arc::new(DirectPath {
                     provider: config.credentials_provider(),
@@ -196,6 +210,14 @@ impl Source {
                 })
             }),
         }
+    }
+
+    /// Sets how many bytes in-flight downloads may hold in memory (S3 sources only).
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        if let Source::S3 { budget, .. } = &mut self {
+            *budget = MemoryBudget::new(bytes);
+        }
+        self
     }
 
     /// Lists every object under the source, following every page. A failure on any page
@@ -233,9 +255,13 @@ impl Source {
                 bucket,
                 prefix,
                 direct,
+                budget,
             } => {
                 let key = format!("{prefix}{}", obj.rel_key);
-                if let Some(direct) = direct.as_deref().filter(|_| obj.size <= IN_MEMORY_MAX) {
+                // Held until the body is written: what does not fit streams to disk.
+                let permit = budget.try_reserve(obj.size);
+                if let (Some(direct), Some(permit)) = (direct.as_deref(), permit.as_ref()) {
+                    let _ = permit;
                     match fetch_direct(direct, client, bucket, &key, obj, to, writes).await {
                         Ok(Some(bytes)) => {
                             return Ok(Fetched {
@@ -247,7 +273,7 @@ impl Source {
                         Err(e) => return Err(e),
                     }
                 }
-                let bytes = fetch_s3(client, bucket, &key, obj, to, writes).await?;
+                let bytes = fetch_s3(client, bucket, &key, obj, to, writes, permit).await?;
                 Ok(Fetched {
                     bytes,
                     via: Via::Sdk,
@@ -399,8 +425,8 @@ async fn fetch_direct(
             return Ok(None);
         }
     };
-    let body = match get.get(key, &obj.etag).await {
-        Ok(Answer::Body(body)) => body,
+    let (body, check) = match get.get(key, &obj.etag).await {
+        Ok(Answer::Body(body, check)) => (body, check),
         Ok(Answer::Changed) => {
             direct.succeeded();
             return Err(SourceError::Changed {
@@ -412,7 +438,7 @@ async fn fetch_direct(
             return Ok(None);
         }
     };
-    let data = match read_body(body, obj, Some(get.body_timeout())).await {
+    let data = match read_body(body, obj, &check, Some(get.body_timeout())).await {
         Ok(data) => data,
         Err(ReadError::Body(why)) => {
             direct.failed(key, &why);
@@ -434,16 +460,16 @@ enum ReadError {
     Integrity(SourceError),
 }
 
-/// Reads a whole body into a buffer of the listed size (one copy), checking the size and,
-/// where the ETag is one, the MD5. `chunk_timeout` bounds the silence between chunks.
+/// Reads a whole body into a buffer of the listed size (one copy), verifying it as
+/// `check` says ([`crate::verify`]). `chunk_timeout` bounds the silence between chunks.
 async fn read_body(
     mut body: ByteStream,
     obj: &RemoteObject,
+    check: &Check,
     chunk_timeout: Option<Duration>,
 ) -> Result<Vec<u8>, ReadError> {
-    let check = etag_is_md5(&obj.etag);
+    let mut verifier = check.start();
     let mut data = Vec::with_capacity(obj.size as usize);
-    let mut md5 = Md5::new();
     loop {
         let next = match chunk_timeout {
             Some(limit) => tokio::time::timeout(limit, body.try_next())
@@ -454,15 +480,14 @@ async fn read_body(
         let Some(chunk) = next.map_err(|e| ReadError::Body(e.to_string()))? else {
             break;
         };
-        if check {
-            md5.update(&chunk);
+        verifier.update(&chunk);
+        // Never grow past the listed size: a longer body fails its size check below
+        // without the buffer (and the memory budget) being exceeded.
+        if data.len() + chunk.len() <= obj.size as usize {
+            data.extend_from_slice(&chunk);
         }
-        data.extend_from_slice(&chunk);
     }
-    check_size(obj, data.len() as u64).map_err(ReadError::Integrity)?;
-    if check {
-        check_md5(obj, md5).map_err(ReadError::Integrity)?;
-    }
+    verifier.finish(obj).map_err(ReadError::Integrity)?;
     Ok(data)
 }
 
@@ -498,12 +523,55 @@ async fn write_in_memory(
     Ok(len)
 }
 
-impl Source {}
-
-/// Objects up to this size are read into memory and written with one blocking call: for
-/// DAG-sized files that saves the thread hand-offs of streaming through tokio::fs
+/// Objects up to this size may be read into memory and written with one blocking call:
+/// for DAG-sized files that saves the thread hand-offs of streaming through tokio::fs
 /// (measured: 2,000 small files went from 32,000 futex calls to a few thousand).
 const IN_MEMORY_MAX: u64 = 8 * 1024 * 1024;
+
+/// The default [`MemoryBudget`]: every task definition gives the dagsync container a
+/// 64 MiB hard limit, and dagsync itself needs about 12 MiB with a 2,000-file listing
+/// and its state. 16 MiB of bodies keeps the peak near 30 MiB whatever the mix of object
+/// sizes (each streamed download holds one network chunk at a time).
+pub const DEFAULT_MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// A budget of bytes for bodies held whole in memory, across all in-flight downloads.
+/// A download reserves its object's size before it starts; when the reservation does not
+/// fit (or the object is over [`IN_MEMORY_MAX`]), the body streams to its staging file
+/// instead. So memory is bounded in bytes, not in the number of concurrent downloads.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    bytes: u64,
+    permits: Arc<Semaphore>,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes` (at most 4 GiB are used).
+    pub fn new(bytes: u64) -> Self {
+        let bytes = bytes.min(u64::from(u32::MAX));
+        Self {
+            bytes,
+            permits: Arc::new(Semaphore::new(bytes as usize)),
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Reserves `size` bytes if they fit now (never waits: a download that does not fit
+    /// streams to disk rather than queueing behind others).
+    pub fn try_reserve(&self, size: u64) -> Option<OwnedSemaphorePermit> {
+        if size > IN_MEMORY_MAX || size > self.bytes {
+            return None;
+        }
+        // An empty body still takes one byte, so that every reservation is a real permit.
+        self.permits
+            .clone()
+            .try_acquire_many_owned(size.max(1) as u32)
+            .ok()
+    }
+}
 
 /// Writes a complete staged file: create (never overwrite), write, mtime, fsync.
 fn write_staged(to: &Path, data: &[u8], mtime: SystemTime) -> Result<(), SourceError> {
@@ -524,27 +592,6 @@ fn finish_staged(f: &std::fs::File, to: &Path, mtime: SystemTime) -> Result<(), 
     f.set_modified(mtime).map_err(|e| SourceError::io(to, e))
 }
 
-fn check_size(obj: &RemoteObject, written: u64) -> Result<(), SourceError> {
-    if written != obj.size {
-        return Err(SourceError::Integrity {
-            key: obj.rel_key.clone(),
-            detail: format!("expected {} bytes, got {written}", obj.size),
-        });
-    }
-    Ok(())
-}
-
-fn check_md5(obj: &RemoteObject, md5: Md5) -> Result<(), SourceError> {
-    let got = format!("{:x}", md5.finalize());
-    if !got.eq_ignore_ascii_case(&obj.etag) {
-        return Err(SourceError::Integrity {
-            key: obj.rel_key.clone(),
-            detail: format!("MD5 {got} differs from ETag {}", obj.etag),
-        });
-    }
-    Ok(())
-}
-
 fn copy_local(from: &Path, obj: &RemoteObject, to: &Path) -> Result<u64, SourceError> {
     let meta = std::fs::metadata(from).map_err(|e| SourceError::io(from, e))?;
     if local_etag(&meta) != obj.etag {
@@ -559,7 +606,13 @@ fn copy_local(from: &Path, obj: &RemoteObject, to: &Path) -> Result<u64, SourceE
         .open(to)
         .map_err(|e| SourceError::io(to, e))?;
     let written = std::io::copy(&mut src, &mut dst).map_err(|e| SourceError::io(to, e))?;
-    check_size(obj, written)?;
+    if written != obj.size {
+        return Err(SourceError::Integrity {
+            key: obj.rel_key.clone(),
+            check: Check::SizeOnly.as_str(),
+            detail: format!("expected {} bytes, got {written}", obj.size),
+        });
+    }
     finish_staged(&dst, to, obj.last_modified)?;
     Ok(written)
 }
@@ -616,11 +669,26 @@ fn to_system_time(dt: &aws_smithy_types::DateTime) -> SystemTime {
     UNIX_EPOCH + Duration::new(secs as u64, dt.subsec_nanos())
 }
 
-/// An S3 ETag is the hex MD5 of the content for single-part, unencrypted (or SSE-S3) uploads.
-fn etag_is_md5(etag: &str) -> bool {
-    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+/// The verification a GetObject answer of the SDK calls for (its checksum and encryption
+/// headers, as the SDK parsed them).
+fn check_of(out: &aws_sdk_s3::operation::get_object::GetObjectOutput, etag: &str) -> Check {
+    let sse = out.server_side_encryption().map(|s| s.as_str());
+    let kind = out.checksum_type().map(|t| t.as_str());
+    Check::from_response(etag, |name| match name {
+        "x-amz-checksum-crc64nvme" => out.checksum_crc64_nvme(),
+        "x-amz-checksum-crc32c" => out.checksum_crc32_c(),
+        "x-amz-checksum-crc32" => out.checksum_crc32(),
+        "x-amz-checksum-sha256" => out.checksum_sha256(),
+        "x-amz-checksum-sha1" => out.checksum_sha1(),
+        "x-amz-checksum-type" => kind,
+        "x-amz-server-side-encryption" => sse,
+        "x-amz-server-side-encryption-customer-algorithm" => out.sse_customer_algorithm(),
+        _ => None,
+    })
 }
 
+/// GetObject through the SDK. With a memory `permit` the body is read whole and written
+/// with one call; without one it streams to the staging file chunk by chunk.
 async fn fetch_s3(
     client: &aws_sdk_s3::Client,
     bucket: &str,
@@ -628,6 +696,7 @@ async fn fetch_s3(
     obj: &RemoteObject,
     to: &Path,
     writes: Writes,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<u64, SourceError> {
     let resp = client
         .get_object()
@@ -635,6 +704,11 @@ async fn fetch_s3(
         .key(key)
         // Exactly the listed version: a concurrent upload must not slip in unverified.
         .if_match(format!("\"{}\"", obj.etag))
+        .customize()
+        // Ask for S3's full-object checksum without the SDK validating it (see Source::s3).
+        .mutate_request(|req| {
+            req.headers_mut().insert(CHECKSUM_MODE.0, CHECKSUM_MODE.1);
+        })
         .send()
         .await;
     let resp = match resp {
@@ -649,45 +723,44 @@ async fn fetch_s3(
             return Err(service_error("GetObject", &e));
         }
     };
+    let check = check_of(&resp, &obj.etag);
     let mut body = resp.body;
-    let check = etag_is_md5(&obj.etag);
     let mtime = obj.last_modified;
     let body_error = |e: &dyn std::fmt::Display| SourceError::Service {
         operation: "GetObject",
         class: ErrorClass::Transient,
         message: format!("reading the body of {key}: {e}"),
     };
-    if obj.size <= IN_MEMORY_MAX {
+    if let Some(permit) = permit {
         // The SDK's stalled-stream protection bounds the silence here.
-        let data = read_body(body, obj, None).await.map_err(|e| match e {
-            ReadError::Body(why) => body_error(&why),
-            ReadError::Integrity(e) => e,
-        })?;
-        return write_in_memory(data, to, mtime, writes).await;
+        let data = read_body(body, obj, &check, None)
+            .await
+            .map_err(|e| match e {
+                ReadError::Body(why) => body_error(&why),
+                ReadError::Integrity(e) => e,
+            })?;
+        let written = write_in_memory(data, to, mtime, writes).await;
+        drop(permit);
+        return written;
     }
-    // Large objects stream to disk with bounded memory.
+    // Stream to disk: one network chunk in memory at a time.
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)
         .await
         .map_err(|e| SourceError::io(to, e))?;
-    let mut md5 = Md5::new();
+    let mut verifier = check.start();
     let mut written = 0u64;
     while let Some(chunk) = body.try_next().await.map_err(|e| body_error(&e))? {
-        if check {
-            md5.update(&chunk);
-        }
+        verifier.update(&chunk);
         written += chunk.len() as u64;
         file.write_all(&chunk)
             .await
             .map_err(|e| SourceError::io(to, e))?;
     }
     file.flush().await.map_err(|e| SourceError::io(to, e))?;
-    check_size(obj, written)?;
-    if check {
-        check_md5(obj, md5)?;
-    }
+    verifier.finish(obj)?;
     let file = file.into_std().await;
     let to = to.to_path_buf();
     tokio::task::spawn_blocking(move || finish_staged(&file, &to, mtime))
@@ -790,9 +863,21 @@ mod tests {
     }
 
     #[test]
-    fn md5_etags_are_recognised() {
-        assert!(etag_is_md5("d41d8cd98f00b204e9800998ecf8427e"));
-        assert!(!etag_is_md5("d41d8cd98f00b204e9800998ecf8427e-2"));
-        assert!(!etag_is_md5("local-1-2"));
+    fn the_memory_budget_is_counted_in_bytes() {
+        let budget = MemoryBudget::new(10 * 1024 * 1024);
+        let a = budget.try_reserve(7 * 1024 * 1024).expect("fits");
+        // 7 + 7 MiB does not fit in 10: the second download streams instead of waiting.
+        assert!(budget.try_reserve(7 * 1024 * 1024).is_none());
+        assert!(budget.try_reserve(3 * 1024 * 1024).is_some());
+        drop(a);
+        assert!(budget.try_reserve(7 * 1024 * 1024).is_some());
+        // Over IN_MEMORY_MAX always streams, whatever the budget.
+        assert!(
+            MemoryBudget::new(u64::MAX)
+                .try_reserve(IN_MEMORY_MAX + 1)
+                .is_none()
+        );
+        // A budget smaller than an object never holds it.
+        assert!(MemoryBudget::new(1024).try_reserve(4096).is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! wrote. With it, a cycle decides what changed from one listing plus local
 //! `stat` calls — no request per object — and a restart downloads nothing
 //! that is already in place. It is written atomically (temporary file in the
-//! process's own staging folder, fsync, rename).
+//! process's own staging folder, fsync, rename, fsync of the folder).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,21 +90,18 @@ impl State {
         }
     }
 
-    /// Writes the state atomically: `tmp` (on the same filesystem) then rename onto `path`.
+    /// Writes the state atomically and durably: `tmp` (on the same filesystem), fsync,
+    /// rename onto `path`, fsync of the folder (the core's one atomic write). Without the
+    /// folder's fsync a crash could keep the old state while the files it lists as new
+    /// are already in place: they would count as foreign and never be deleted.
     pub fn save(&self, path: &Path, tmp: &Path) -> Result<(), StateError> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StateError::Io { path: p, source }
-        };
         let bytes = serde_json::to_vec(self).expect("state serialises");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(tmp).map_err(io(tmp))?;
-            f.write_all(&bytes).map_err(io(tmp))?;
-            f.sync_all().map_err(io(tmp))?;
-        }
-        std::fs::rename(tmp, path).map_err(io(path))?;
-        Ok(())
+        airside_core::atomic_file::write_atomically_via(path, tmp, &bytes).map_err(|e| {
+            StateError::Io {
+                path: e.path.clone(),
+                source: e.source,
+            }
+        })
     }
 }
 

@@ -43,6 +43,47 @@ pub struct CycleReport {
     pub refused_count: usize,
     /// The plan, rendered, for --dry-run.
     pub dry_run_plan: Option<String>,
+    /// Objects that could not be fetched or verified this cycle: `(key, reason label,
+    /// error)`. Their files keep their previous version (or stay absent) and are tried
+    /// again next cycle; everything else was published.
+    pub failed: Vec<FailedObject>,
+}
+
+/// One object that could not be fetched or verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedObject {
+    /// The key relative to the prefix.
+    pub key: String,
+    /// `integrity`, `access_denied`, `not_found`, `changed` or `transient` (the `reason`
+    /// label of `dagsync_object_failures_total`).
+    pub reason: &'static str,
+    /// The error, for logs and /readyz.
+    pub error: String,
+}
+
+impl FailedObject {
+    fn new(key: String, e: &SourceError) -> Self {
+        let reason = match e {
+            SourceError::Integrity { .. } => "integrity",
+            SourceError::Changed { .. } => "changed",
+            e => match e.class() {
+                ErrorClass::AccessDenied => "access_denied",
+                ErrorClass::NotFound => "not_found",
+                _ => "transient",
+            },
+        };
+        Self {
+            key,
+            reason,
+            error: e.to_string(),
+        }
+    }
+
+    /// Whether the failure belongs to this object alone (its key, its KMS key, its
+    /// bytes), rather than to the connection to S3 as a whole.
+    pub fn object_specific(&self) -> bool {
+        self.reason != "transient"
+    }
 }
 
 impl CycleReport {
@@ -58,8 +99,9 @@ pub enum CycleError {
     /// Listing or fetching failed.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// Several fetches failed; the first is shown. Nothing was published.
-    #[error("{failed} of {total} downloads failed, nothing published this cycle; first: {first}")]
+    /// Fetches failed; the first is shown. With --all-or-nothing nothing was published;
+    /// otherwise what was fetched was published and only transient failures end up here.
+    #[error("{failed} of {total} downloads failed; first: {first}")]
     Fetch {
         /// Failed downloads.
         failed: usize,
@@ -67,6 +109,13 @@ pub enum CycleError {
         total: usize,
         /// The first failure.
         first: SourceError,
+    },
+    /// This process no longer holds the destination's writer lease (another dagsync took
+    /// it over): nothing was published.
+    #[error("lost the writer lease of {}; nothing was published, standing by", path.display())]
+    LeaseLost {
+        /// The lease file.
+        path: PathBuf,
     },
     /// Writing the destination failed.
     #[error("destination {}: {detail}", path.display())]
@@ -88,7 +137,7 @@ impl CycleError {
                 ErrorClass::NotFound => ErrorClass::Transient,
                 c => c,
             },
-            CycleError::Destination { .. } => ErrorClass::Transient,
+            CycleError::Destination { .. } | CycleError::LeaseLost { .. } => ErrorClass::Transient,
         }
     }
 }
@@ -149,13 +198,30 @@ impl Syncer {
         })
     }
 
+    /// Loads the state file again: a process that just became the writer of a shared
+    /// folder continues from what the previous writer published.
+    pub fn reload_state(&mut self) -> Result<(), CycleError> {
+        self.state = State::load(&self.state_path).map_err(|e| CycleError::Destination {
+            path: self.state_path.clone(),
+            detail: e.to_string(),
+        })?;
+        for (_, s) in self.staged.drain() {
+            self.staging.discard(&s.staged);
+        }
+        Ok(())
+    }
+
     /// Files currently tracked.
     pub fn synced_files(&self) -> usize {
         self.state.files.len()
     }
 
-    /// Runs one cycle.
-    pub async fn cycle(&mut self) -> Result<CycleReport, CycleError> {
+    /// Runs one cycle. With a `lease`, it is checked right before anything is published,
+    /// so a writer that lost it never publishes.
+    pub async fn cycle(
+        &mut self,
+        lease: Option<&crate::lease::Lease>,
+    ) -> Result<CycleReport, CycleError> {
         let listing = self.source.list().await?;
         let mut report = CycleReport {
             listed: listing.len(),
@@ -194,11 +260,38 @@ impl Syncer {
             tracing::error!(refused = the_plan.refused_paths.len(), reason = %r, "deletions refused");
             metrics::counter!(m::DELETIONS_REFUSED).increment(the_plan.refused_paths.len() as u64);
         }
-        let (fetched, bytes, via_sdk) = self.fetch_all(&the_plan).await?;
+        let (fetched, bytes, via_sdk, failed) = self.fetch_all(&the_plan).await?;
         report.downloaded = fetched.len();
         report.bytes = bytes;
         report.via_sdk = via_sdk;
+        if let Some(lease) = lease
+            && !lease.still_held()
+        {
+            return Err(CycleError::LeaseLost {
+                path: lease.path().to_path_buf(),
+            });
+        }
         self.publish_batch(fetched, &the_plan, &mut report).await?;
+        // Published what could be; a failure of the connection itself (not of one
+        // object) still fails the cycle, so that readiness and backoff see it.
+        let total = the_plan.fetch.len();
+        let transient = failed.iter().filter(|f| !f.object_specific()).count();
+        if transient > 0 {
+            let first = failed
+                .into_iter()
+                .find(|f| !f.object_specific())
+                .expect("counted above");
+            return Err(CycleError::Fetch {
+                failed: transient,
+                total,
+                first: SourceError::Service {
+                    operation: "GetObject",
+                    class: ErrorClass::Transient,
+                    message: format!("{}: {}", first.key, first.error),
+                },
+            });
+        }
+        report.failed = failed;
         let swept = self.staging.sweep_abandoned();
         if swept > 0 {
             tracing::info!(
@@ -210,11 +303,12 @@ impl Syncer {
     }
 
     /// Fetches what the plan needs (reusing what an earlier failed cycle staged): the
-    /// staged files, bytes fetched now, and how many of those fetches used the SDK.
+    /// staged files, bytes fetched now, how many of those fetches used the SDK, and the
+    /// objects that failed (with --all-or-nothing, any failure is an error instead).
     async fn fetch_all(
         &mut self,
         the_plan: &Plan,
-    ) -> Result<(Vec<Staged>, u64, usize), CycleError> {
+    ) -> Result<(Vec<Staged>, u64, usize, Vec<FailedObject>), CycleError> {
         let wanted: HashSet<(String, String)> = the_plan
             .fetch
             .iter()
@@ -284,7 +378,7 @@ impl Syncer {
                         },
                     });
                 }
-                Err(e) => failures.push(e),
+                Err(e) => failures.push((obj.rel_key.clone(), e)),
             }
         }
         drop(results);
@@ -292,15 +386,19 @@ impl Syncer {
             self.staged
                 .insert((s.path.clone(), s.entry.etag.clone()), s);
         }
-        if !failures.is_empty() {
+        if !failures.is_empty() && self.config.all_or_nothing {
             let failed = failures.len();
-            let first = failures.swap_remove(0);
+            let (_, first) = failures.swap_remove(0);
             return Err(CycleError::Fetch {
                 failed,
                 total,
                 first,
             });
         }
+        let failed: Vec<FailedObject> = failures
+            .iter()
+            .map(|(key, e)| FailedObject::new(key.clone(), e))
+            .collect();
         if !self.staged.is_empty() {
             // One flush for the whole batch (it can take a while on EFS): off the async thread.
             let staging_dir = self.staging.dir().to_path_buf();
@@ -319,7 +417,7 @@ impl Syncer {
             .iter()
             .filter_map(|(p, o, _)| self.staged.remove(&(p.clone(), o.etag.clone())))
             .collect();
-        Ok((batch, bytes, via_sdk))
+        Ok((batch, bytes, via_sdk, failed))
     }
 
     async fn publish_batch(

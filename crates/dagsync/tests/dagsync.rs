@@ -1,6 +1,9 @@
 //! dagsync end to end: the real binary against moto's S3 on loopback.
 
 mod support;
+// The deployment the task definitions ship: strict S3, memory limits, a shared folder.
+#[path = "dagsync/deployment.rs"]
+mod deployment;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -186,14 +186,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Files in DEST/.dagsync other than the state file.
+/// Files in DEST/.dagsync other than dagsync's own durable files (the state, the writer
+/// lease and the writer's status).
 pub fn leftovers(dest: &Path) -> Vec<String> {
     std::fs::read_dir(dest.join(".dagsync"))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n != "state.json")
+                .filter(|n| !["state.json", "lease", "status.json"].contains(&n.as_str()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An S3 client for `endpoint` (moto, or a proxy in front of it).
+pub async fn s3_at(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = moto().sdk_config_for(endpoint).await;
+    let conf = aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }

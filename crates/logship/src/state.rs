@@ -9,7 +9,6 @@
 //! or the new checkpoint, never a torn one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -270,23 +269,16 @@ impl Ledger {
 }
 
 fn write_atomically(dir: &Path, state: &StateFile) -> Result<(), StateError> {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let dst = dir.join(STATE_FILE);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Io { path, source }
-    };
     let bytes = serde_json::to_vec(state).expect("state serializes");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
-    // The rename is durable only once the directory itself is synced.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
+    airside_core::atomic_file::write_atomically_via(
+        &dir.join(STATE_FILE),
+        &dir.join(format!("{STATE_FILE}.tmp")),
+        &bytes,
+    )
+    .map_err(|e| StateError::Io {
+        path: e.path.clone(),
+        source: e.source,
+    })
 }
 
 #[cfg(test)]
