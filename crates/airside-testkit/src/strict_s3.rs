@@ -161,14 +161,7 @@ impl StrictS3 {
             }
             // moto would try to use a KMS key or a customer key it does not have: the
             // encryption lives in this layer.
-            let names: Vec<_> = headers
-                .keys()
-                .filter(|n| n.as_str().starts_with("x-amz-server-side-encryption"))
-                .cloned()
-                .collect();
-            for n in names {
-                headers.remove(n);
-            }
+            remove_prefixed(headers, "x-amz-server-side-encryption");
         }
         if (*method == Method::GET || *method == Method::HEAD) && !key.is_empty() {
             let oid = (bucket.clone(), key.clone());
@@ -283,14 +276,7 @@ impl StrictS3 {
         if inner.legacy.contains(&oid) {
             // Stored before S3 kept checksums: whatever the emulator recorded from the
             // upload is not there.
-            let names: Vec<_> = headers
-                .keys()
-                .filter(|n| n.as_str().starts_with("x-amz-checksum-"))
-                .cloned()
-                .collect();
-            for n in names {
-                headers.remove(n);
-            }
+            remove_prefixed(headers, "x-amz-checksum-");
         } else if wants_checksum {
             let real_etag = headers
                 .get(http::header::ETAG)
@@ -334,6 +320,18 @@ impl StrictS3 {
             bytes[i] ^= 0x01;
             *body = Bytes::from(bytes);
         }
+    }
+}
+
+/// Removes every header whose name starts with `prefix`.
+fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
     }
 }
 

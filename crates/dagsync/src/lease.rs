@@ -9,6 +9,17 @@
 //! is released by the kernel (locally) or by the NFS server when the client's lease ends
 //! (EFS, through NFSv4 locks), so a standby takes over without any clean-up.
 //!
+//! On NFS the Linux client implements `flock` with a whole-file byte-range lock (flock(2):
+//! "flock() locks are emulated using fcntl(2) byte-range locks" on NFS since Linux
+//! 2.6.12), held for the client by the server under NFSv4's lease model: "If the client
+//! does not renew its lease within the defined period, all state associated with the
+//! client's lease may be released by the server" (EFS's lease is 90 s). Two consequences
+//! shape this module: byte-range locks belong to a process, so the process never opens
+//! and closes the lock file a second time while it holds the lease (closing any
+//! descriptor of the file would drop the lock); and a task that loses contact with EFS
+//! can lose the lease while it runs, which is why the writer re-checks it before every
+//! publish.
+//!
 //! The writer checks that it still holds the lease right before publishing
 //! ([`Lease::still_held`]): the lock file must still be the one it locked, naming it.
 //! After every successful cycle the writer records its status in
@@ -168,8 +179,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Lease::try_take(dir.path()).unwrap().expect("free");
         assert!(a.still_held());
-        // flock locks belong to the open file description: a second open in the same
-        // process contends exactly like another process would.
+        // On a local filesystem flock locks belong to the open file description, so a
+        // second open in the same process contends like another process would. (On NFS
+        // they are per process; dagsync never takes the lease twice in one process.)
         assert!(Lease::try_take(dir.path()).unwrap().is_none());
         assert!(a.still_held(), "a failed attempt must not take it away");
         drop(a);

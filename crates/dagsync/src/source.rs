@@ -100,10 +100,14 @@ pub enum SourceError {
         message: String,
     },
     /// The object changed between listing and fetching (If-Match failed).
-    #[error("{key} changed after it was listed; it will be fetched in the next cycle")]
+    #[error(
+        "{key} changed after it was listed (S3 no longer has ETag {etag}); it will be fetched in the next cycle"
+    )]
     Changed {
         /// The relative key.
         key: String,
+        /// The listed ETag the request was pinned to.
+        etag: String,
     },
     /// The bytes received are not the listed object.
     #[error(
@@ -260,8 +264,8 @@ impl Source {
                 let key = format!("{prefix}{}", obj.rel_key);
                 // Held until the body is written: what does not fit streams to disk.
                 let permit = budget.try_reserve(obj.size);
-                if let (Some(direct), Some(permit)) = (direct.as_deref(), permit.as_ref()) {
-                    let _ = permit;
+                // The direct path reads bodies whole: only with a reservation.
+                if let Some(direct) = direct.as_deref().filter(|_| permit.is_some()) {
                     match fetch_direct(direct, client, bucket, &key, obj, to, writes).await {
                         Ok(Some(bytes)) => {
                             return Ok(Fetched {
@@ -431,6 +435,7 @@ async fn fetch_direct(
             direct.succeeded();
             return Err(SourceError::Changed {
                 key: obj.rel_key.clone(),
+                etag: obj.etag.clone(),
             });
         }
         Err(why) => {
@@ -554,11 +559,6 @@ impl MemoryBudget {
         }
     }
 
-    /// The budget's size in bytes.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Reserves `size` bytes if they fit now (never waits: a download that does not fit
     /// streams to disk rather than queueing behind others).
     pub fn try_reserve(&self, size: u64) -> Option<OwnedSemaphorePermit> {
@@ -597,6 +597,7 @@ fn copy_local(from: &Path, obj: &RemoteObject, to: &Path) -> Result<u64, SourceE
     if local_etag(&meta) != obj.etag {
         return Err(SourceError::Changed {
             key: obj.rel_key.clone(),
+            etag: obj.etag.clone(),
         });
     }
     let mut src = std::fs::File::open(from).map_err(|e| SourceError::io(from, e))?;
@@ -718,6 +719,7 @@ async fn fetch_s3(
             if status == Some(412) {
                 return Err(SourceError::Changed {
                     key: obj.rel_key.clone(),
+                    etag: obj.etag.clone(),
                 });
             }
             return Err(service_error("GetObject", &e));

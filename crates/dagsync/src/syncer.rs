@@ -401,11 +401,23 @@ impl Syncer {
             .collect();
         if !self.staged.is_empty() {
             // One flush for the whole batch (it can take a while on EFS): off the async thread.
+            // Off a local disk, the files written this cycle get their mtime once more after
+            // it (see staging::restamp).
             let staging_dir = self.staging.dir().to_path_buf();
-            let synced =
-                tokio::task::spawn_blocking(move || crate::staging::sync_filesystem(&staging_dir))
-                    .await
-                    .expect("syncfs does not panic");
+            let restamp: Vec<(PathBuf, u128)> = if writes == crate::source::Writes::Offload {
+                self.staged
+                    .values()
+                    .map(|s| (s.staged.clone(), s.entry.mtime_ns))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let synced = tokio::task::spawn_blocking(move || {
+                crate::staging::sync_filesystem(&staging_dir)?;
+                crate::staging::restamp(&restamp)
+            })
+            .await
+            .expect("syncfs does not panic");
             synced.map_err(|e| CycleError::Destination {
                 path: self.staging.dir().to_path_buf(),
                 detail: format!("flushing staged files: {e}"),

@@ -378,6 +378,23 @@ async fn converges_through_injected_faults_and_keeps_running() {
 /// temporary files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_never_leaves_partial_files() {
+    let dest = tempfile::tempdir().unwrap();
+    sigkill_rounds(dest.path()).await;
+}
+
+/// The same on a FUSE mount standing in for EFS, where staged writes go through the
+/// blocking pool and renames through a userspace filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_never_leaves_partial_files_on_a_fuse_mount() {
+    assert!(
+        airside_testkit::FuseMount::available(),
+        "bindfs and /dev/fuse are needed (scripts/test installs bindfs)"
+    );
+    let fuse = airside_testkit::FuseMount::new();
+    sigkill_rounds(fuse.path()).await;
+}
+
+async fn sigkill_rounds(dest: &Path) {
     let s3 = s3().await;
     let bucket = new_bucket(&s3).await;
     let keys: Vec<String> = (0..12).map(|i| format!("k/big{i}.py")).collect();
@@ -397,11 +414,10 @@ async fn sigkill_never_leaves_partial_files() {
         put(&s3, &bucket, k, c.clone()).await;
         versions.entry(k.clone()).or_default().push(c);
     }
-    let dest = tempfile::tempdir().unwrap();
     let source = format!("s3://{bucket}/k/");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let check = |versions: &BTreeMap<String, Vec<Vec<u8>>>| {
-        for (rel, data) in snapshot(dest.path()) {
+        for (rel, data) in snapshot(dest) {
             let key = format!("k/{rel}");
             let known = versions
                 .get(&key)
@@ -429,7 +445,7 @@ async fn sigkill_never_leaves_partial_files() {
                 "--source",
                 &source,
                 "--dest",
-                dest.path().to_str().unwrap(),
+                dest.to_str().unwrap(),
                 "--interval",
                 "1s",
                 "--jitter",
@@ -454,21 +470,21 @@ async fn sigkill_never_leaves_partial_files() {
             "--source",
             &source,
             "--dest",
-            dest.path().to_str().unwrap(),
+            dest.to_str().unwrap(),
         ],
     );
     assert!(status.success(), "{err}");
     for k in &keys {
         let rel = k.strip_prefix("k/").unwrap();
         assert_eq!(
-            &std::fs::read(dest.path().join(rel)).unwrap(),
+            &std::fs::read(dest.join(rel)).unwrap(),
             versions[k].last().unwrap()
         );
     }
     assert!(
-        leftovers(dest.path()).is_empty(),
+        leftovers(dest).is_empty(),
         "temporary files left: {:?}",
-        leftovers(dest.path())
+        leftovers(dest)
     );
     assert_eq!(kills, 15);
 }

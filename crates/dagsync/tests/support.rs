@@ -111,6 +111,34 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon that syncs `source` into `dest` every second (no jitter) with
+    /// `--max-staleness` `staleness` and its admin server on `admin`.
+    pub fn fast(
+        endpoint: &str,
+        source: &str,
+        dest: &str,
+        staleness: &str,
+        admin: SocketAddr,
+    ) -> Self {
+        Self::start(
+            endpoint,
+            &[
+                "--source",
+                source,
+                "--dest",
+                dest,
+                "--interval",
+                "1s",
+                "--jitter",
+                "0s",
+                "--max-staleness",
+                staleness,
+                "--admin-addr",
+                &admin.to_string(),
+            ],
+        )
+    }
+
     pub fn start(endpoint: &str, args: &[&str]) -> Self {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("stderr.log");

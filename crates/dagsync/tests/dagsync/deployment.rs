@@ -212,23 +212,12 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     // the files published as soon as their bodies come through intact.
     let dest = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
-    let admin = admin_addr.to_string();
-    let mut daemon = Daemon::start(
+    let mut daemon = Daemon::fast(
         &proxy.endpoint(),
-        &[
-            "--source",
-            &format!("s3://{bucket}/dags/"),
-            "--dest",
-            dest.path().to_str().unwrap(),
-            "--interval",
-            "1s",
-            "--jitter",
-            "0s",
-            "--max-staleness",
-            "3s",
-            "--admin-addr",
-            &admin,
-        ],
+        &format!("s3://{bucket}/dags/"),
+        dest.path().to_str().unwrap(),
+        "3s",
+        admin_addr,
     );
     assert!(
         wait_until(Duration::from_secs(30), || http_get(admin_addr, "/readyz")
@@ -299,7 +288,8 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
         .path()
         .join("..")
         .join(format!("dagsync-capped-{}.log", std::process::id()));
-    let mut cmd = Command::new(BIN);
+    // The binary the image ships: a debug build's memory says little about production.
+    let mut cmd = Command::new(airside_testkit::dist_binary("dagsync"));
     cmd.args([
         "--source",
         &format!("s3://{bucket}/big/"),
@@ -390,8 +380,6 @@ fn role_of(addr: std::net::SocketAddr) -> Option<&'static str> {
 /// ready, a reader never sees a file go back to an older version or a torn file, and when
 /// the writer is SIGKILLed mid-sync another takes over within --max-staleness and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "work in progress: in one of three runs not every standby turned ready within 180 s; \
-            run with --ignored while the cause is found (see the session note)"]
 async fn twelve_instances_share_one_folder_with_one_writer() {
     use airside_testkit::FuseMount;
     assert!(
@@ -413,26 +401,11 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
     let dest = fuse.path().to_str().unwrap().to_string();
     let source = format!("s3://{bucket}/s/");
     let max_staleness = Duration::from_secs(4);
-    let mut daemons: Vec<(Daemon, std::net::SocketAddr)> = (0..12)
+    let instances = 12;
+    let mut daemons: Vec<(Daemon, std::net::SocketAddr)> = (0..instances)
         .map(|_| {
             let addr = free_addr();
-            let d = Daemon::start(
-                &proxy.endpoint(),
-                &[
-                    "--source",
-                    &source,
-                    "--dest",
-                    &dest,
-                    "--interval",
-                    "1s",
-                    "--jitter",
-                    "0s",
-                    "--max-staleness",
-                    "4s",
-                    "--admin-addr",
-                    &addr.to_string(),
-                ],
-            );
+            let d = Daemon::fast(&proxy.endpoint(), &source, &dest, "4s", addr);
             (d, addr)
         })
         .collect();
@@ -441,11 +414,23 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
             .iter()
             .all(|(_, a)| http_get(*a, "/readyz").0 == 200)
     });
-    assert!(
-        all_ready,
-        "not every instance turned ready:\n{}",
-        daemons[0].0.logs()
-    );
+    if !all_ready {
+        let mut report = String::new();
+        for (i, (d, a)) in daemons.iter().enumerate() {
+            let (status, body) = http_get(*a, "/readyz");
+            report.push_str(&format!(
+                "--- instance {i}: {status} {body:?} role {:?}\n{}\n",
+                role_of(*a),
+                d.logs()
+                    .lines()
+                    .rev()
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        panic!("not every instance turned ready:\n{report}");
+    }
     let expected: BTreeMap<String, Vec<u8>> = keys
         .iter()
         .map(|k| (k.clone(), version_body(k, 1)))
@@ -459,10 +444,14 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
     );
     assert_eq!(
         roles.iter().filter(|r| **r == Some("standby")).count(),
-        11,
+        instances - 1,
         "{roles:?}"
     );
     let strict = proxy.strict_s3();
+    // Each object fetched once, and not again by later cycles: on FUSE (as on NFS) a
+    // delayed write-back once overwrote the mtime dagsync set, so that every cycle
+    // took every file for changed and downloaded it again.
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         strict.bucket_gets(&bucket),
         2000,
@@ -506,11 +495,34 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
     for k in &hot {
         expected.insert((*k).clone(), version_body(k, 4));
     }
-    assert!(
-        wait_until(Duration::from_secs(30), || shared_snapshot(fuse.path())
-            == expected),
-        "hot updates did not arrive"
-    );
+    if !wait_until(Duration::from_secs(30), || {
+        shared_snapshot(fuse.path()) == expected
+    }) {
+        let now = shared_snapshot(fuse.path());
+        let differ: Vec<String> = expected
+            .iter()
+            .filter(|(k, v)| now.get(*k) != Some(*v))
+            .take(5)
+            .map(|(k, _)| format!("{k}: {:?}", now.get(k).map(|b| version_of(k, b))))
+            .collect();
+        let writer = daemons
+            .iter()
+            .find(|(_, a)| role_of(*a) == Some("writer"))
+            .map(|(d, _)| {
+                d.logs()
+                    .lines()
+                    .rev()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        panic!(
+            "hot updates did not arrive ({} files, {} expected): {differ:?}\nwriter: {}",
+            now.len(),
+            expected.len(),
+            writer.unwrap_or_default()
+        );
+    }
     // Each version of each hot file fetched at most once (a version overtaken by the next
     // before a cycle listed it is never fetched).
     for k in &hot {
@@ -558,6 +570,10 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
         wait_until(Duration::from_secs(120), || shared_snapshot(fuse.path())
             == expected),
         "the new writer did not finish the sync"
+    );
+    println!(
+        "the new writer finished the 2,000-file sync {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader
