@@ -9,6 +9,12 @@
 # the ECS health check runs "logship healthcheck". /etc/hosts and /etc/resolv.conf come from
 # the container runtime, and the binary resolves names itself (hickory).
 
+# Where the final image's files come from: `build` (the default) compiles them in the Rust
+# image; `dist` takes the binary that scripts/build-static left in dist/ and a CA bundle
+# from the build context, for machines that cannot pull the Rust image (the image tests
+# build it that way with podman). One final stage either way.
+ARG BINARY_FROM=build
+
 FROM --platform=linux/amd64 rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -25,12 +31,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # volume.
 RUN mkdir -p /rootfs/state/logship /rootfs/airflow/logs
 
+FROM scratch AS dist
+COPY dist/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY dist/logship /src/dist/logship
+COPY dist/rootfs/ /rootfs/
+
+# checkov:skip=CKV_DOCKER_7:This FROM names a stage of this file (build or dist), not an image; the one image pulled, rust, is pinned to a version and checked by tests/infra/test_infra_images.py.
+FROM ${BINARY_FROM} AS artefacts
+
 FROM scratch
-COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build /src/dist/logship /usr/local/bin/logship
+COPY --from=artefacts /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=artefacts /src/dist/logship /usr/local/bin/logship
 ARG AIRFLOW_UID=50000
-COPY --from=build --chown=65532:65532 --chmod=0700 /rootfs/state/ /var/lib/
-COPY --from=build --chown=${AIRFLOW_UID}:0 --chmod=0775 /rootfs/airflow/ /opt/airflow/
+COPY --from=artefacts --chown=65532:65532 --chmod=0700 /rootfs/state/ /var/lib/
+COPY --from=artefacts --chown=${AIRFLOW_UID}:0 --chmod=0775 /rootfs/airflow/ /opt/airflow/
 VOLUME ["/var/lib/logship", "/opt/airflow/logs"]
 ENV LOGSHIP_STATE_DIR=/var/lib/logship
 USER 65532:65532

@@ -85,7 +85,9 @@ def test_checkov_passes_on_the_dockerfiles(checkov):
     failed, passed, skipped = summarise(reports)
     assert failed == [], "\n".join(failed)
     assert passed >= 30
-    assert skipped == []
+    # Every skip checkov honoured is one written in a Dockerfile (with a reason, below).
+    written = {m.group(1) for p in DOCKER.glob("*") for m in SKIP.finditer(p.read_text())}
+    assert set(skipped) <= written == {"CKV_DOCKER_7"}
 
 
 def test_every_skip_is_named_and_justified():

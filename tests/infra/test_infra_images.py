@@ -1,8 +1,8 @@
 """docker/*.Dockerfile: multi-stage builds whose final stage is FROM scratch with only
-the static binary, a CA bundle and a numeric non-root user. No container engine runs on
-this machine, so the Dockerfiles are checked as text here, checkov checks them too
-(test_infra_checkov.py), and the binaries themselves are run from an empty root by the
-daemons' own tests."""
+the static binary, a CA bundle and a numeric non-root user. The Dockerfiles are checked
+as text here, checkov checks them too (test_infra_checkov.py), and tests/images builds
+and runs each final stage with podman (from dist/, as the Rust build image cannot be
+pulled here)."""
 import json
 import re
 from pathlib import Path
@@ -69,16 +69,16 @@ def test_final_stage_is_scratch_with_binary_ca_bundle_and_numeric_user(daemon):
     words = [w for w, _ in steps]
     assert "RUN" not in words, "a scratch image has nothing to run"
     copies = [rest for w, rest in steps if w == "COPY"]
-    assert "--from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt" in copies
-    assert f"--from=build /src/dist/{daemon} /usr/local/bin/{daemon}" in copies
+    assert "--from=artefacts /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt" in copies
+    assert f"--from=artefacts /src/dist/{daemon} /usr/local/bin/{daemon}" in copies
     for rest in copies:
-        assert rest.startswith("--from=build "), "only artefacts of the build stage"
+        assert rest.startswith("--from=artefacts "), "only artefacts of the build (or dist) stage"
     extra = [c for c in copies if "ca-certificates" not in c and f"/src/dist/{daemon}" not in c]
     if daemon == "logship":
         # Empty directories for the volumes, owned by their writers.
         assert extra == [
-            "--from=build --chown=65532:65532 --chmod=0700 /rootfs/state/ /var/lib/",
-            "--from=build --chown=${AIRFLOW_UID}:0 --chmod=0775 /rootfs/airflow/ /opt/airflow/",
+            "--from=artefacts --chown=65532:65532 --chmod=0700 /rootfs/state/ /var/lib/",
+            "--from=artefacts --chown=${AIRFLOW_UID}:0 --chmod=0775 /rootfs/airflow/ /opt/airflow/",
         ]
     else:
         assert extra == []
@@ -90,6 +90,21 @@ def test_final_stage_is_scratch_with_binary_ca_bundle_and_numeric_user(daemon):
     assert json.loads(entrypoint) == [f"/usr/local/bin/{daemon}"], "exec form: there is no shell"
     (health,) = [rest for w, rest in steps if w == "HEALTHCHECK"]
     assert json.loads(health[health.index("CMD") + 3 :]) == [f"/usr/local/bin/{daemon}", "healthcheck"]
+
+
+@pytest.mark.parametrize("daemon", SIDECARS)
+def test_the_artefacts_come_from_the_build_stage_unless_told_otherwise(daemon):
+    """One final stage: its files come from `build` by default, or from `dist` (the same
+    paths, filled from dist/) with --build-arg BINARY_FROM=dist."""
+    path = DOCKER / f"{daemon}.Dockerfile"
+    head = path.read_text().split("\nFROM ", 1)[0]
+    assert "\nARG BINARY_FROM=build\n" in "\n" + head
+    named = {st["from"].rsplit(" AS ", 1)[-1]: st for st in stages(path)}
+    assert named["artefacts"]["from"] == "${BINARY_FROM} AS artefacts"
+    dist = [rest for w, rest in named["dist"]["steps"] if w == "COPY"]
+    assert "dist/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt" in dist
+    assert f"dist/{daemon} /src/dist/{daemon}" in dist
+    assert named["dist"]["from"] == "scratch AS dist"
 
 
 @pytest.mark.parametrize("kind", TASKS)

@@ -1,0 +1,244 @@
+"""Each daemon's image, run the way its task definition runs it: built with podman from
+docker/NAME.Dockerfile (its final stage, with the binary scripts/build-static left in
+dist/: `--build-arg BINARY_FROM=dist`, since the Rust build image cannot be pulled here),
+started by podman with runc, read-only root filesystem, the task definition's user and
+hard memory limit, the task definition's environment (placeholders filled in for the
+emulator), and judged healthy by the image's own HEALTHCHECK command. Then each does its
+job against moto on loopback: dagsync syncs, logship ships a file, metricship answers
+StatsD. Each image's size is printed."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+from infra_lib import ROOT, containers, env_of, taskdef  # noqa: E402
+
+DIST = ROOT / "dist"
+# cgroupfs: no systemd here. The rlimits are lowered explicitly: podman's defaults raise
+# them above what this sandbox allows, which runc refuses.
+PODMAN = ["podman", "--cgroup-manager", "cgroupfs", "--runtime", "runc"]
+LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+
+
+def podman(*args, check=True, timeout=300):
+    done = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """moto's server with the project's shims, as the Rust tests start it."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/support/moto_server.py"), "127.0.0.1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    port = int(proc.stdout.readline())
+    yield f"http://127.0.0.1:{port}"
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def client(service, endpoint):
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def build_image(daemon, tmp_path):
+    """Builds docker/DAEMON.Dockerfile's final stage from dist/; returns (tag, bytes)."""
+    binary = DIST / daemon
+    assert binary.exists(), f"{binary} missing: scripts/test builds it (scripts/build-static)"
+    context = tmp_path / "context"
+    (context / "dist").mkdir(parents=True)
+    shutil.copy(binary, context / "dist" / daemon)
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", context / "dist" / "ca-certificates.crt")
+    if daemon == "logship":
+        # The empty folders the build stage makes for the image's volumes.
+        (context / "dist/rootfs/state/logship").mkdir(parents=True)
+        (context / "dist/rootfs/airflow/logs").mkdir(parents=True)
+    tag = f"localhost/airside-{daemon}-test:{uuid.uuid4().hex[:8]}"
+    podman("build", "--format", "docker", "--build-arg", "BINARY_FROM=dist",
+           "-f", str(ROOT / "docker" / f"{daemon}.Dockerfile"), "-t", tag, str(context))
+    size = int(json.loads(podman("image", "inspect", tag).stdout)[0]["Size"])
+    print(f"\n{daemon} image: {size / 1048576:.1f} MiB", file=sys.stderr)
+    return tag, size
+
+
+class Container:
+    """One container run as its task definition says, removed at the end."""
+
+    def __init__(self, daemon, task, tag, env, volumes, moto):
+        c = containers(taskdef(task))[daemon]
+        self.name = f"airside-{daemon}-{uuid.uuid4().hex[:8]}"
+        self.memory_mib = c["memory"]
+        self.user = c["user"]
+        args = ["run", "-d", "--name", self.name, "--read-only", "--network", "host",
+                "--user", self.user, "--memory", f"{self.memory_mib}m",
+                "--memory-swap", f"{self.memory_mib}m", *LIMITS,
+                # The health check is run by the test (no systemd timers here).
+                "--health-interval", "disable"]
+        for k, v in {**env, "AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                     "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            args += ["-e", f"{k}={v}"]
+        for host, path, ro in volumes:
+            args += ["-v", f"{host}:{path}:{'ro' if ro else 'rw'}"]
+        podman(*args, tag)
+
+    def inspect(self):
+        return json.loads(podman("inspect", self.name).stdout)[0]
+
+    def logs(self):
+        return podman("logs", self.name, check=False).stderr
+
+    def healthy(self):
+        return podman("healthcheck", "run", self.name, check=False).returncode == 0
+
+    def wait_healthy(self, within=90):
+        deadline = time.time() + within
+        while time.time() < deadline:
+            if self.healthy():
+                return
+            assert self.inspect()["State"]["Running"], f"{self.name} exited:\n{self.logs()}"
+            time.sleep(1)
+        raise AssertionError(f"{self.name} not healthy within {within}s:\n{self.logs()}")
+
+    def assert_as_the_task_definition_says(self):
+        info = self.inspect()
+        host = info["HostConfig"]
+        assert host["ReadonlyRootfs"] is True
+        assert host["Memory"] == self.memory_mib * 1024 * 1024
+        assert info["Config"]["User"] == self.user
+        assert info["State"]["OOMKilled"] is False
+
+    def stop(self):
+        podman("stop", "-t", "30", self.name, check=False)
+        info = self.inspect()
+        podman("rm", "-f", self.name, check=False)
+        return info["State"]["ExitCode"], info["State"]["OOMKilled"]
+
+
+def fill(env, values):
+    out = {}
+    for k, v in env.items():
+        for name, value in values.items():
+            v = v.replace("${" + name + "}", value)
+        assert "${" not in v, f"{k}={v}: a placeholder the test does not fill"
+        out[k] = v
+    return out
+
+
+def owned_by(path, user):
+    uid, gid = (int(x) for x in user.split(":"))
+    os.chown(path, uid, gid)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def need_podman():
+    assert shutil.which("podman") and shutil.which("runc"), "scripts/setup-system installs podman and runc"
+
+
+def test_dagsync_image_syncs(tmp_path, moto_endpoint):
+    tag, size = build_image("dagsync", tmp_path)
+    s3 = client("s3", moto_endpoint)
+    bucket = f"dags-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    files = {f"team{i % 3}/dag_{i}.py": f"# dag {i}\n".encode() for i in range(50)}
+    for k, v in files.items():
+        s3.put_object(Bucket=bucket, Key=f"dags/{k}", Body=v)
+    env = fill(env_of(containers(taskdef("worker"))["dagsync"]),
+               {"dag_source": f"s3://{bucket}/dags/", "dagsync_max_delete": "50%"})
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    owned_by(dags, "65532:65532")
+    c = Container("dagsync", "worker", tag, env, [(dags, "/opt/airflow/dags", False)], moto_endpoint)
+    try:
+        c.wait_healthy()
+        c.assert_as_the_task_definition_says()
+        for k, v in files.items():
+            assert (dags / k).read_bytes() == v, k
+    finally:
+        code, oom = c.stop()
+    assert (code, oom) == (0, False)
+    assert size < 16 * 1024 * 1024
+
+
+def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
+    tag, size = build_image("logship", tmp_path)
+    s3 = client("s3", moto_endpoint)
+    bucket = f"logs-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    stream = f"logs-{uuid.uuid4().hex[:8]}"
+    client("firehose", moto_endpoint).create_delivery_stream(
+        DeliveryStreamName=stream,
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+            "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": "fh/"})
+    env = fill(env_of(containers(taskdef("worker"))["logship"]), {"firehose_stream": stream})
+    logs = tmp_path / "logs"
+    task = logs / "dag_id=d/run_id=r/task_id=t"
+    task.mkdir(parents=True)
+    marker = f"podman-image-line-{uuid.uuid4().hex}"
+    # Airflow writes as uid 50000; the files are world-readable, as Airflow's are.
+    (task / "attempt=1.log").write_text(f"[2026-12-02T00:00:00] INFO {marker}\n")
+    for p in [logs, *logs.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    state = tmp_path / "state"
+    state.mkdir()
+    owned_by(state, "65532:65532")
+    c = Container("logship", "worker", tag, env,
+                  [(logs, "/opt/airflow/logs", True), (state, "/var/lib/logship", False)],
+                  moto_endpoint)
+    try:
+        c.wait_healthy()
+        c.assert_as_the_task_definition_says()
+        deadline, found = time.time() + 60, False
+        while time.time() < deadline and not found:
+            for o in s3.list_objects_v2(Bucket=bucket, Prefix="fh/").get("Contents", []):
+                body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+                found = found or marker.encode() in body
+            time.sleep(1)
+        assert found, f"the line never reached the stream's bucket:\n{c.logs()}"
+    finally:
+        code, oom = c.stop()
+    assert (code, oom) == (0, False)
+    assert size < 16 * 1024 * 1024
+
+
+def test_metricship_image_answers_statsd(tmp_path, moto_endpoint):
+    tag, size = build_image("metricship", tmp_path)
+    env = fill(env_of(containers(taskdef("scheduler"))["metricship"]),
+               {"worker_concurrency": "16", "min_workers": "0", "max_workers": "10",
+                "environment": "podman-test"})
+    c = Container("metricship", "scheduler", tag, env, [], moto_endpoint)
+    admin = env["METRICSHIP_ADMIN_ADDR"]
+    host, port = env["METRICSHIP_STATSD_ADDR"].rsplit(":", 1)
+    try:
+        c.wait_healthy()
+        c.assert_as_the_task_definition_says()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        deadline, parsed = time.time() + 30, 0.0
+        while time.time() < deadline and parsed < 3:
+            sock.sendto(b"airflow.scheduler_heartbeat:1|c", (host, int(port)))
+            body = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+            for line in body.splitlines():
+                if line.startswith("metricship_lines_parsed_total"):
+                    parsed = float(line.split()[-1])
+            time.sleep(0.5)
+        assert parsed >= 3, f"metricship parsed {parsed} lines:\n{c.logs()}"
+    finally:
+        code, oom = c.stop()
+    assert (code, oom) == (0, False)
+    assert size < 16 * 1024 * 1024
