@@ -123,10 +123,28 @@ class Container:
         assert info["State"]["OOMKilled"] is False
 
     def stop(self):
+        """SIGTERM (podman stop), then the exit code, whether it was OOM-killed, the logs."""
         podman("stop", "-t", "30", self.name, check=False)
-        info = self.inspect()
+        info, logs = self.inspect(), self.logs()
         podman("rm", "-f", self.name, check=False)
-        return info["State"]["ExitCode"], info["State"]["OOMKilled"]
+        return info["State"]["ExitCode"], info["State"]["OOMKilled"], logs
+
+    def serve(self, job):
+        """Healthy by the image's own check, started as the task definition says, `job`
+        done; then it stops cleanly after SIGTERM, never OOM-killed."""
+        try:
+            self.wait_healthy()
+            self.assert_as_the_task_definition_says()
+            job()
+        finally:
+            code, oom, logs = self.stop()
+        assert (code, oom) == (0, False), logs
+
+
+def assert_only_the_binary(daemon, size):
+    """The image holds the binary and a few small files (CA bundle, empty folders)."""
+    binary = (DIST / daemon).stat().st_size
+    assert binary <= size <= binary + 1024 * 1024, (daemon, binary, size)
 
 
 def fill(env, values):
@@ -164,15 +182,13 @@ def test_dagsync_image_syncs(tmp_path, moto_endpoint):
     dags.mkdir()
     owned_by(dags, "65532:65532")
     c = Container("dagsync", "worker", tag, env, [(dags, "/opt/airflow/dags", False)], moto_endpoint)
-    try:
-        c.wait_healthy()
-        c.assert_as_the_task_definition_says()
+
+    def synced():
         for k, v in files.items():
             assert (dags / k).read_bytes() == v, k
-    finally:
-        code, oom = c.stop()
-    assert (code, oom) == (0, False)
-    assert size < 16 * 1024 * 1024
+
+    c.serve(synced)
+    assert_only_the_binary("dagsync", size)
 
 
 def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
@@ -201,9 +217,8 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
     c = Container("logship", "worker", tag, env,
                   [(logs, "/opt/airflow/logs", True), (state, "/var/lib/logship", False)],
                   moto_endpoint)
-    try:
-        c.wait_healthy()
-        c.assert_as_the_task_definition_says()
+
+    def shipped():
         deadline, found = time.time() + 60, False
         while time.time() < deadline and not found:
             for o in s3.list_objects_v2(Bucket=bucket, Prefix="fh/").get("Contents", []):
@@ -211,10 +226,9 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
                 found = found or marker.encode() in body
             time.sleep(1)
         assert found, f"the line never reached the stream's bucket:\n{c.logs()}"
-    finally:
-        code, oom = c.stop()
-    assert (code, oom) == (0, False)
-    assert size < 16 * 1024 * 1024
+
+    c.serve(shipped)
+    assert_only_the_binary("logship", size)
 
 
 def test_metricship_image_answers_statsd(tmp_path, moto_endpoint):
@@ -225,9 +239,8 @@ def test_metricship_image_answers_statsd(tmp_path, moto_endpoint):
     c = Container("metricship", "scheduler", tag, env, [], moto_endpoint)
     admin = env["METRICSHIP_ADMIN_ADDR"]
     host, port = env["METRICSHIP_STATSD_ADDR"].rsplit(":", 1)
-    try:
-        c.wait_healthy()
-        c.assert_as_the_task_definition_says()
+
+    def answered():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         deadline, parsed = time.time() + 30, 0.0
         while time.time() < deadline and parsed < 3:
@@ -238,7 +251,6 @@ def test_metricship_image_answers_statsd(tmp_path, moto_endpoint):
                     parsed = float(line.split()[-1])
             time.sleep(0.5)
         assert parsed >= 3, f"metricship parsed {parsed} lines:\n{c.logs()}"
-    finally:
-        code, oom = c.stop()
-    assert (code, oom) == (0, False)
-    assert size < 16 * 1024 * 1024
+
+    c.serve(answered)
+    assert_only_the_binary("metricship", size)
