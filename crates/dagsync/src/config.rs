@@ -99,7 +99,7 @@ pub struct SyncArgs {
     /// Bytes that in-flight downloads may hold in memory, all together; a download that
     /// does not fit streams to its staging file instead. The default keeps dagsync well
     /// inside the 64 MiB the task definitions give it, whatever the object sizes.
-    #[arg(long, env = "DAGSYNC_MEMORY_BUDGET", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "DAGSYNC_MEMORY_BUDGET", default_value = "8MiB", value_parser = parse_bytes)]
     pub memory_budget: u64,
     /// Publish nothing in a cycle where any object could not be fetched or verified (by
     /// default the rest is published and the failing objects are reported and retried).
@@ -166,7 +166,7 @@ impl Config {
             .map_err(|e| format!("invalid --exclude: {e}"))?;
         if args.memory_budget < 64 * 1024 {
             return Err(format!(
-                "--memory-budget {} is too small: use at least 64KiB (16MiB is the default)",
+                "--memory-budget {} is too small: use at least 64KiB (8MiB is the default)",
                 args.memory_budget
             ));
         }
@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(c.max_delete, DeleteLimit::Percent(50.0));
         assert!(!c.once);
         assert!(c.direct_get);
-        assert_eq!(c.memory_budget, 16 << 20);
+        assert_eq!(c.memory_budget, crate::source::DEFAULT_MEMORY_BUDGET);
         assert!(!c.all_or_nothing);
         assert!(c.lease);
         let c = parse(&[
