@@ -415,3 +415,15 @@ def test_for_each_keys_are_known_at_plan_time():
             if MODULES in path.parents:
                 assert not re.search(r"var\.\w*_(ids|arns)\b", str(for_each)), f"{path.name}: {rtype}.{name}"
             assert not re.search(r"\b(aws_|module\.)\w*\.\w+\.(id|arn)\b", str(for_each)), f"{path.name}: {rtype}.{name}"
+
+
+def test_dagsync_decrypts_kms_encrypted_dags_with_the_named_keys_through_s3_only():
+    """GetObject of an SSE-KMS object needs kms:Decrypt on its key (S3 user guide,
+    "Specifying server-side encryption with AWS KMS": to download an object encrypted with
+    a KMS key you need kms:Decrypt on that key). The grant names the DAG bucket's keys
+    only, and only for use through S3."""
+    (st,) = _with_action("dagsync", "kms:Decrypt")
+    assert as_list(st["actions"]) == ["kms:Decrypt"]
+    assert as_list(st["resources"]) == ["${var.dag_kms_key_arns}"]
+    assert _conditions(st) == {("StringEquals", "kms:ViaService"): ["${local.s3_via_region}"]}
+    assert "dag_kms_key_arns" in variables(SIDECAR_IAM.parent / "variables.tf")

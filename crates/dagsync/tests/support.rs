@@ -55,23 +55,29 @@ pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
 
 /// Every regular file under `root` except dagsync's own folder: relative path → content.
 pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
+    try_snapshot(root).unwrap()
+}
+
+/// [`snapshot`], with the first I/O error instead of a panic.
+pub fn try_snapshot(root: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)?.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
             if rel == ".dagsync" {
                 continue;
             }
             if p.is_dir() {
-                walk(base, &p, out);
+                walk(base, &p, out)?;
             } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
+                out.insert(rel, std::fs::read(&p)?);
             }
         }
+        Ok(())
     }
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    walk(root, root, &mut out)?;
+    Ok(out)
 }
 
 /// Strips the prefix from keys: what the destination tree should look like.

@@ -338,10 +338,13 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
 /// snapshot that meets one is taken again.
 fn shared_snapshot(root: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     for _ in 0..20 {
-        if let Ok(s) = std::panic::catch_unwind(|| snapshot(root)) {
-            return s;
+        match try_snapshot(root) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{}: {e}", root.display()),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     snapshot(root)
 }
@@ -400,12 +403,14 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
     let fuse = FuseMount::new();
     let dest = fuse.path().to_str().unwrap().to_string();
     let source = format!("s3://{bucket}/s/");
-    let max_staleness = Duration::from_secs(4);
+    // The whole resync after the kill must fit in --max-staleness: 2,000 files through
+    // FUSE take a while on this 2-core machine shared with 12 daemons and a reader.
+    let max_staleness = Duration::from_secs(30);
     let instances = 12;
     let mut daemons: Vec<(Daemon, std::net::SocketAddr)> = (0..instances)
         .map(|_| {
             let addr = free_addr();
-            let d = Daemon::fast(&proxy.endpoint(), &source, &dest, "4s", addr);
+            let d = Daemon::fast(&proxy.endpoint(), &source, &dest, "30s", addr);
             (d, addr)
         })
         .collect();
@@ -566,14 +571,17 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
         .iter()
         .map(|k| (k.clone(), version_body(k, 5)))
         .collect();
-    assert!(
-        wait_until(Duration::from_secs(120), || shared_snapshot(fuse.path())
-            == expected),
-        "the new writer did not finish the sync"
-    );
+    let finished = wait_until(max_staleness.saturating_sub(killed_at.elapsed()), || {
+        shared_snapshot(fuse.path()) == expected
+    });
+    let finish = killed_at.elapsed();
     println!(
         "the new writer finished the 2,000-file sync {:.1} s after the kill",
-        killed_at.elapsed().as_secs_f64()
+        finish.as_secs_f64()
+    );
+    assert!(
+        finished,
+        "the new writer did not finish the sync within --max-staleness ({max_staleness:?})"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader
