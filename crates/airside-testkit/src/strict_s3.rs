@@ -38,8 +38,10 @@
 //!    [`StrictS3::legacy_object`] (stored before S3 added default checksums) gets none.
 //!
 //! Tests can also corrupt a body on the wire ([`StrictS3::corrupt`]: one byte flipped
-//! after the checksum was computed from the stored bytes) and read the per-object count of
-//! GetObject requests that reached the emulator ([`StrictS3::gets`]).
+//! after the checksum was computed from the stored bytes), deny an object's KMS key
+//! ([`StrictS3::deny_kms`]: 403 AccessDenied, as S3 answers a GetObject whose caller may
+//! not kms:Decrypt with the object's key) and read the per-object count of GetObject
+//! requests that reached the emulator ([`StrictS3::gets`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -67,6 +69,7 @@ struct Inner {
     /// Shown ETag → moto's ETag (both without quotes).
     shown_to_real: HashMap<String, String>,
     corrupt: HashSet<ObjectId>,
+    kms_denied: HashSet<ObjectId>,
     legacy: HashSet<ObjectId>,
     gets: HashMap<ObjectId, u64>,
 }
@@ -90,6 +93,17 @@ impl StrictS3 {
     /// checksum was computed from the stored bytes), until [`StrictS3::repair`].
     pub fn corrupt(&self, bucket: &str, key: &str) {
         self.lock().corrupt.insert(id(bucket, key));
+    }
+
+    /// Answers every later GetObject of `bucket/key` with 403 AccessDenied, as S3 does when
+    /// the caller may not use the object's KMS key (kms:Decrypt), until [`StrictS3::allow`].
+    pub fn deny_kms(&self, bucket: &str, key: &str) {
+        self.lock().kms_denied.insert(id(bucket, key));
+    }
+
+    /// Stops denying `bucket/key`.
+    pub fn allow(&self, bucket: &str, key: &str) {
+        self.lock().kms_denied.remove(&id(bucket, key));
     }
 
     /// Stops corrupting `bucket/key`.
@@ -165,6 +179,12 @@ impl StrictS3 {
         }
         if (*method == Method::GET || *method == Method::HEAD) && !key.is_empty() {
             let oid = (bucket.clone(), key.clone());
+            if inner.kms_denied.contains(&oid) {
+                return Verdict::Answer(
+                    StatusCode::FORBIDDEN,
+                    Bytes::from_static(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>User is not authorized to perform: kms:Decrypt on the resource associated with this ciphertext because no identity-based policy allows the kms:Decrypt action</Message></Error>"),
+                );
+            }
             if inner.encrypted.contains_key(&oid) {
                 for name in ["if-match", "if-none-match"] {
                     let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {

@@ -153,6 +153,9 @@ pub struct Syncer {
     /// downloads only what is still missing.
     staged: HashMap<(String, String), Staged>,
     seen_invalid: HashSet<String>,
+    /// Whether this process ever downloaded an object (or found a synced tree): access
+    /// denied on every object before that is the role's fault, not one object's.
+    role_proven: bool,
     /// Progress counters for the terminal.
     pub progress: Arc<Progress>,
 }
@@ -194,6 +197,7 @@ impl Syncer {
             state_path,
             staged: HashMap::new(),
             seen_invalid: HashSet::new(),
+            role_proven: false,
             progress: Arc::new(Progress::default()),
         })
     }
@@ -261,6 +265,31 @@ impl Syncer {
             metrics::counter!(m::DELETIONS_REFUSED).increment(the_plan.refused_paths.len() as u64);
         }
         let (fetched, bytes, via_sdk, failed) = self.fetch_all(&the_plan).await?;
+        // Access denied on every object, by a process that never fetched one and finds
+        // nothing synced: the task role cannot read the DAGs at all (no s3:GetObject, no
+        // kms:Decrypt). That is a configuration error for the cycle loop (exit 3 after
+        // retries), not a list of bad objects behind a green /readyz.
+        let role_denied = fetched.is_empty()
+            && !failed.is_empty()
+            && !self.role_proven
+            && self.state.files.is_empty()
+            && failed.iter().all(|f| f.reason == "access_denied");
+        self.role_proven |= !fetched.is_empty() || !self.state.files.is_empty();
+        if role_denied {
+            let first = &failed[0];
+            return Err(CycleError::Fetch {
+                failed: failed.len(),
+                total: the_plan.fetch.len(),
+                first: SourceError::Service {
+                    operation: "GetObject",
+                    class: ErrorClass::AccessDenied,
+                    message: format!(
+                        "{}: {} (every object was denied: check s3:GetObject and kms:Decrypt in the task role)",
+                        first.key, first.error
+                    ),
+                },
+            });
+        }
         report.downloaded = fetched.len();
         report.bytes = bytes;
         report.via_sdk = via_sdk;

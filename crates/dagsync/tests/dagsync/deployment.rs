@@ -171,18 +171,26 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
         assert_eq!(snapshot(dest.path()), expected, "direct={direct}");
     }
 
-    // Corrupt one checksummed object and one whose only check is its MD5 ETag.
+    // Corrupt one checksummed object and one whose only check is its MD5 ETag, and deny
+    // the KMS key of a third.
     let bad_crc = "dags/kms_5.py";
     let bad_md5 = "dags/plain_legacy_4.py";
+    let denied = "dags/kms_10.py";
     strict.corrupt(&bucket, bad_crc);
     strict.corrupt(&bucket, bad_md5);
+    strict.deny_kms(&bucket, denied);
     let mut good = expected.clone();
     good.remove("kms_5.py");
     good.remove("plain_legacy_4.py");
+    good.remove("kms_10.py");
     for direct in ["true", "false"] {
         let (dest, status, stderr) = sync_once(direct);
         assert_eq!(exit_code(status), Some(6), "direct={direct}\n{stderr}");
-        for (key, check) in [("kms_5.py", "crc64nvme"), ("plain_legacy_4.py", "etag-md5")] {
+        for (key, check) in [
+            ("kms_5.py", "crc64nvme"),
+            ("plain_legacy_4.py", "etag-md5"),
+            ("kms_10.py", "access_denied"),
+        ] {
             assert!(
                 stderr.contains(key) && stderr.contains(check),
                 "direct={direct}: {key} / {check} not named in:\n{stderr}"
@@ -229,11 +237,16 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     let (_, ready) = http_get(admin_addr, "/readyz");
     assert!(
         ready.contains("failing object: kms_5.py (integrity)")
-            && ready.contains("failing object: plain_legacy_4.py (integrity)"),
+            && ready.contains("failing object: plain_legacy_4.py (integrity)")
+            && ready.contains("failing object: kms_10.py (access_denied)"),
         "{ready}"
     );
     let (_, metrics) = http_get(admin_addr, "/metrics");
-    assert!(metrics.contains("dagsync_objects_failing 2"), "{metrics}");
+    assert!(metrics.contains("dagsync_objects_failing 3"), "{metrics}");
+    assert!(
+        metrics.contains("dagsync_object_failures_total{reason=\"access_denied\"}"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("dagsync_object_failures_total{reason=\"integrity\"}"),
         "{metrics}"
@@ -241,6 +254,7 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     assert_eq!(snapshot(dest.path()), good);
     strict.repair(&bucket, bad_crc);
     strict.repair(&bucket, bad_md5);
+    strict.allow(&bucket, denied);
     assert!(
         wait_until(Duration::from_secs(30), || snapshot(dest.path())
             == expected),
@@ -255,6 +269,35 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     assert!(!http_get(admin_addr, "/readyz").1.contains("failing object"));
     daemon.assert_running();
     assert_eq!(daemon.terminate(Duration::from_secs(15)).code(), Some(0));
+}
+
+/// When every object is denied and nothing was ever fetched, the task role is wrong (no
+/// s3:GetObject or kms:Decrypt at all): that is exit 3 after the retries, not a green
+/// /readyz with every object listed as failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_can_read_no_object_exits_3() {
+    let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
+    let s3 = s3_at(&proxy.endpoint()).await;
+    let bucket = new_bucket(&s3).await;
+    for i in 0..3 {
+        let key = format!("dags/kms_{i}.py");
+        put_sse(&s3, &bucket, &key, &content(i, 100), Sse::Kms).await;
+        proxy.strict_s3().deny_kms(&bucket, &key);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let (status, _, stderr) = run_once(
+        &proxy.endpoint(),
+        &[
+            "--source",
+            &format!("s3://{bucket}/dags/"),
+            "--dest",
+            dest.path().to_str().unwrap(),
+            "--once",
+        ],
+    );
+    assert_eq!(exit_code(status), Some(3), "{stderr}");
+    assert!(stderr.contains("kms:Decrypt"), "{stderr}");
+    assert!(snapshot(dest.path()).is_empty());
 }
 
 /// 40 objects of 7 MiB and 2,000 small files sync with default flags inside the memory
