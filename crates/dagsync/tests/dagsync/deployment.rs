@@ -88,6 +88,27 @@ fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
     status.code()
 }
 
+/// One `dagsync --once` of `s3://BUCKET/dags/` into a fresh folder, with `extra` flags:
+/// (folder, status, stderr).
+fn once_into(
+    endpoint: &str,
+    bucket: &str,
+    extra: &[&str],
+) -> (tempfile::TempDir, std::process::ExitStatus, String) {
+    let dest = tempfile::tempdir().unwrap();
+    let source = format!("s3://{bucket}/dags/");
+    let mut args = vec![
+        "--source",
+        &source,
+        "--dest",
+        dest.path().to_str().unwrap(),
+        "--once",
+    ];
+    args.extend_from_slice(extra);
+    let (status, _, stderr) = run_once(endpoint, &args);
+    (dest, status, stderr)
+}
+
 /// Through the strict-S3 proxy: KMS, DSSE-KMS and SSE-C objects (whose ETags are not
 /// their MD5), multipart objects, objects without checksums and plain ones all sync
 /// exactly, by the direct path and the SDK path; a body corrupted on the wire is rejected
@@ -148,23 +169,7 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     }
 
     let expected = expected_tree(&objects, "dags/");
-    // One `--once` run into a fresh folder: (folder, status, stderr).
-    let sync_once = |direct: &str| {
-        let dest = tempfile::tempdir().unwrap();
-        let (status, _, stderr) = run_once(
-            &proxy.endpoint(),
-            &[
-                "--source",
-                &format!("s3://{bucket}/dags/"),
-                "--dest",
-                dest.path().to_str().unwrap(),
-                "--once",
-                "--direct-get",
-                direct,
-            ],
-        );
-        (dest, status, stderr)
-    };
+    let sync_once = |direct: &str| once_into(&proxy.endpoint(), &bucket, &["--direct-get", direct]);
     for direct in ["true", "false"] {
         let (dest, status, stderr) = sync_once(direct);
         assert!(status.success(), "direct={direct}: {status}\n{stderr}");
@@ -201,18 +206,7 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     }
 
     // With --all-or-nothing nothing is published.
-    let dest = tempfile::tempdir().unwrap();
-    let (status, _, stderr) = run_once(
-        &proxy.endpoint(),
-        &[
-            "--source",
-            &format!("s3://{bucket}/dags/"),
-            "--dest",
-            dest.path().to_str().unwrap(),
-            "--once",
-            "--all-or-nothing",
-        ],
-    );
+    let (dest, status, stderr) = once_into(&proxy.endpoint(), &bucket, &["--all-or-nothing"]);
     assert!(!status.success(), "{stderr}");
     assert!(snapshot(dest.path()).is_empty());
 
@@ -284,17 +278,7 @@ async fn a_role_that_can_read_no_object_exits_3() {
         put_sse(&s3, &bucket, &key, &content(i, 100), Sse::Kms).await;
         proxy.strict_s3().deny_kms(&bucket, &key);
     }
-    let dest = tempfile::tempdir().unwrap();
-    let (status, _, stderr) = run_once(
-        &proxy.endpoint(),
-        &[
-            "--source",
-            &format!("s3://{bucket}/dags/"),
-            "--dest",
-            dest.path().to_str().unwrap(),
-            "--once",
-        ],
-    );
+    let (dest, status, stderr) = once_into(&proxy.endpoint(), &bucket, &[]);
     assert_eq!(exit_code(status), Some(3), "{stderr}");
     assert!(stderr.contains("kms:Decrypt"), "{stderr}");
     assert!(snapshot(dest.path()).is_empty());
