@@ -76,6 +76,54 @@ macro_rules! log_args {
     };
 }
 
+/// The flags of `command` (and of its subcommands) that read no environment variable,
+/// as `subcommand --flag`. ECS passes configuration as environment, so every flag must
+/// have one; each daemon's tests assert this list is empty. `--help` and `--version`
+/// are not configuration.
+pub fn flags_without_env(command: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut walk = vec![(String::new(), command.clone())];
+    while let Some((path, cmd)) = walk.pop() {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_positional() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_env().is_none() {
+                missing.push(format!("{path}--{}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            walk.push((format!("{path}{} ", sub.get_name()), sub.clone()));
+        }
+    }
+    missing.sort();
+    missing
+}
+
+/// Panics unless every flag of `command` reads an environment variable named with
+/// `prefix` (for example `DAGSYNC_`): each daemon's tests call it.
+pub fn assert_every_flag_has_env(command: &clap::Command, prefix: &str) {
+    let missing = flags_without_env(command);
+    assert!(missing.is_empty(), "flags without an env var: {missing:?}");
+    let mut commands = vec![command.clone()];
+    while let Some(cmd) = commands.pop() {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                assert!(
+                    env.to_string_lossy().starts_with(prefix),
+                    "{env:?} (--{}) lacks the {prefix} prefix",
+                    arg.get_id()
+                );
+            }
+        }
+        commands.extend(cmd.get_subcommands().cloned());
+    }
+}
+
 /// Parses a size in bytes: `1048576`, `512KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`
 /// and `k`/`M`/`G`, all powers of 1,024, as memory limits are).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {

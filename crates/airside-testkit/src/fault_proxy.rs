@@ -135,6 +135,7 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     exchange: Option<ExchangeRewrite>,
     strict_s3: Option<Arc<crate::strict_s3::StrictS3>>,
+    strict_api: Option<Arc<crate::strict_api::StrictApi>>,
 }
 
 /// A fault-injecting HTTP proxy on loopback, running on its own thread until dropped.
@@ -148,7 +149,30 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (for example moto's `http://127.0.0.1:PORT`).
     pub fn start(upstream: &str, plan: FaultPlan) -> Self {
-        Self::start_inner(upstream, plan, None, None)
+        Self::start_inner(upstream, plan, None, None, None)
+    }
+
+    /// Like [`FaultProxy::start`], in strict-AWS mode: S3 answers follow the rules of
+    /// [`crate::StrictS3`], and CloudWatch PutMetricData and Firehose PutRecordBatch
+    /// requests that break the services' documented limits are refused as the services
+    /// refuse them ([`crate::StrictApi`], read with [`FaultProxy::strict_api`]).
+    pub fn start_strict_aws(upstream: &str, plan: FaultPlan) -> Self {
+        Self::start_inner(
+            upstream,
+            plan,
+            None,
+            Some(Arc::new(crate::strict_s3::StrictS3::default())),
+            Some(Arc::new(crate::strict_api::StrictApi::default())),
+        )
+    }
+
+    /// The CloudWatch and Firehose rules of a proxy started with
+    /// [`FaultProxy::start_strict_aws`].
+    pub fn strict_api(&self) -> &crate::strict_api::StrictApi {
+        self.shared
+            .strict_api
+            .as_deref()
+            .expect("started with FaultProxy::start_strict_aws")
     }
 
     /// Like [`FaultProxy::start`], in strict-S3 mode: S3 answers follow the documented
@@ -160,6 +184,7 @@ impl FaultProxy {
             plan,
             None,
             Some(Arc::new(crate::strict_s3::StrictS3::default())),
+            None,
         )
     }
 
@@ -174,7 +199,7 @@ impl FaultProxy {
     /// Like [`FaultProxy::start`], and every forwarded request passes through `exchange`
     /// (faults from `plan` are injected first; a request answered with a fault never reaches it).
     pub fn start_with_exchange(upstream: &str, plan: FaultPlan, exchange: ExchangeRewrite) -> Self {
-        Self::start_inner(upstream, plan, Some(exchange), None)
+        Self::start_inner(upstream, plan, Some(exchange), None, None)
     }
 
     fn start_inner(
@@ -182,6 +207,7 @@ impl FaultProxy {
         plan: FaultPlan,
         exchange: Option<ExchangeRewrite>,
         strict_s3: Option<Arc<crate::strict_s3::StrictS3>>,
+        strict_api: Option<Arc<crate::strict_api::StrictApi>>,
     ) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -195,6 +221,7 @@ impl FaultProxy {
             client: Client::builder(TokioExecutor::new()).build_http(),
             exchange,
             strict_s3,
+            strict_api,
         });
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread_shared = shared.clone();
@@ -341,6 +368,19 @@ async fn handle(
             .body(Full::new(body))
             .map_err(|_| Dropped);
     }
+    let mut accepted = None;
+    if let Some(strict) = &shared.strict_api {
+        match strict.on_request(&path, &parts.headers, &body) {
+            crate::strict_api::Verdict::NotCovered => {}
+            crate::strict_api::Verdict::Forward(datums) => accepted = Some(datums),
+            crate::strict_api::Verdict::Refuse(r) => {
+                return Ok(crate::strict_api::refusal_response(
+                    &r,
+                    style == ErrorStyle::Cbor,
+                ));
+            }
+        }
+    }
     let mut forward_body = body.clone();
     let mut fix: Option<ResponseFix> = None;
     if let Some(exchange) = &shared.exchange
@@ -368,6 +408,11 @@ async fn handle(
     shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     let (rparts, rbody) = resp.into_parts();
     let mut rbody = rbody.collect().await.map_err(|_| Dropped)?.to_bytes();
+    if let (Some(strict), Some(datums)) = (&shared.strict_api, accepted)
+        && rparts.status.is_success()
+    {
+        strict.on_stored(&path, datums);
+    }
     if fault == Some(Fault::DropAfterForward) {
         return Err(Dropped);
     }
@@ -449,7 +494,10 @@ fn error_response(style: ErrorStyle, status: StatusCode, code: &str) -> Response
             .header("smithy-protocol", "rpc-v2-cbor")
             .header("content-type", "application/cbor")
             .header("x-amzn-query-error", format!("{code};Sender"))
-            .body(Full::new(Bytes::from(cbor_error_body(code)))),
+            .body(Full::new(Bytes::from(cbor_error(
+                code,
+                "injected by the fault proxy",
+            )))),
         ErrorStyle::Cbor => Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header("smithy-protocol", "rpc-v2-cbor")
@@ -458,24 +506,17 @@ fn error_response(style: ErrorStyle, status: StatusCode, code: &str) -> Response
     resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// `{"__type": code, "message": "injected by the fault proxy"}` in CBOR (RFC 8949): a map
-/// of two text-string pairs, which is all an RPCv2 CBOR error body needs.
-fn cbor_error_body(code: &str) -> Vec<u8> {
-    fn text(out: &mut Vec<u8>, s: &str) {
-        // Major type 3 (text string); lengths below 256 are all this needs.
-        let len = s.len().min(255);
-        if len < 24 {
-            out.push(0x60 | len as u8);
-        } else {
-            out.extend_from_slice(&[0x78, len as u8]);
-        }
-        out.extend_from_slice(&s.as_bytes()[..len]);
-    }
-    let mut out = vec![0xa2]; // major type 5 (map), two pairs
-    text(&mut out, "__type");
-    text(&mut out, code);
-    text(&mut out, "message");
-    text(&mut out, "injected by the fault proxy");
+/// `{"__type": code, "message": message}` in CBOR (RFC 8949): a map of two text-string
+/// pairs, which is all an RPCv2 CBOR error body needs.
+pub(crate) fn cbor_error(code: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut e = minicbor::Encoder::new(&mut out);
+    let _ = e
+        .map(2)
+        .and_then(|e| e.str("__type"))
+        .and_then(|e| e.str(code))
+        .and_then(|e| e.str("message"))
+        .and_then(|e| e.str(message));
     out
 }
 

@@ -8,6 +8,9 @@
 //!   prove faults really happened.
 //! * [`StrictS3`]: the proxy's strict-S3 mode, which enforces documented S3 behaviour
 //!   that moto lacks (encrypted objects' ETags, checksums, conditional requests).
+//! * [`StrictApi`]: with it ([`FaultProxy::start_strict_aws`]), CloudWatch PutMetricData
+//!   and Firehose PutRecordBatch requests that break the documented limits are refused
+//!   as the services refuse them, and what was accepted is kept for tests to read.
 //! * [`MemoryCap`]: runs a daemon in a memory cgroup limited as its task definition
 //!   limits its container, and reports OOM kills and the peak.
 //! * [`FuseMount`]: a bindfs (FUSE) mount that stands in for the shared EFS folder.
@@ -25,6 +28,7 @@ mod fuse_mount;
 mod memory_cap;
 mod moto;
 mod process;
+mod strict_api;
 mod strict_s3;
 
 pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
@@ -35,4 +39,5 @@ pub use fuse_mount::FuseMount;
 pub use memory_cap::{CapReport, MemoryCap, taskdef_memory_mib};
 pub use moto::{Moto, moto, unique_name, workspace_root};
 pub use process::{KillOnDrop, free_addr};
+pub use strict_api::{AcceptedDatum, Refusal, StrictApi};
 pub use strict_s3::{Encryption, StrictS3};

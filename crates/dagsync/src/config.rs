@@ -43,6 +43,9 @@ pub enum Command {
         /// The daemon's admin address.
         #[arg(long, env = "DAGSYNC_ADMIN_ADDR", default_value = "127.0.0.1:9400", value_parser = parse_socket_addr)]
         admin_addr: SocketAddr,
+        /// How long to wait for an answer.
+        #[arg(long, env = "DAGSYNC_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = airside_core::config::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -205,6 +208,13 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("dagsync").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         Config::from_args(cli.sync)
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        use clap::CommandFactory;
+        // ECS passes configuration as environment (the README's promise).
+        airside_core::config::assert_every_flag_has_env(&Cli::command(), "DAGSYNC_");
     }
 
     #[test]

@@ -20,12 +20,14 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Some(Command::Healthcheck { admin_addr }) = cli.command {
-        let code = runtime.block_on(airside_core::healthcheck::probe(
-            admin_addr,
-            std::time::Duration::from_secs(3),
-        ));
-        return code.into();
+    if let Some(Command::Healthcheck {
+        admin_addr,
+        timeout,
+    }) = cli.command
+    {
+        return runtime
+            .block_on(airside_core::healthcheck::probe(admin_addr, timeout))
+            .into();
     }
     let config = match Config::from_args(cli.sync) {
         Ok(c) => c,

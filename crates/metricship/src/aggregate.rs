@@ -159,6 +159,14 @@ pub struct IngestStats {
     pub series_created: u64,
     /// Series refused because of the cap (distinct raw names refused).
     pub series_refused: u64,
+    /// Series refused because the memory budget was full.
+    pub series_refused_budget: u64,
+    /// Lines dropped because their series was refused by the memory budget.
+    pub over_budget: u64,
+    /// Set members not kept because the memory budget (or the per-set cap) was reached.
+    pub set_members_refused: u64,
+    /// Times the raw-name cache was cleared to stay within its share of the budget.
+    pub cache_clears: u64,
     /// Series expired after the TTL.
     pub series_expired: u64,
 }
@@ -307,9 +315,11 @@ enum Resolved {
     Drop,
     Ambiguous,
     Conflict,
-    /// Refused by the cap; valid while no series has expired since.
+    /// Refused by the cap (or, with `budget`, by the memory budget); valid while no
+    /// series has expired since.
     OverCap {
         epoch: u64,
+        budget: bool,
     },
 }
 
@@ -331,7 +341,39 @@ pub struct AggregatorSettings {
     pub prefix: String,
     /// Series sent to CloudWatch.
     pub allowlist: Allowlist,
+    /// Upper bound, in bytes, of the state a sender can make us keep: the raw-name cache
+    /// (at most a quarter of it; cleared when full), the series' names and labels and
+    /// their state, and set members. New series and set members beyond it are refused
+    /// and counted. An estimate sized above what the allocator really uses.
+    pub max_bytes: usize,
 }
+
+/// Bytes of state kept per part (see [`AggregatorSettings::max_bytes`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateBytes {
+    /// The raw-name cache.
+    pub cache: usize,
+    /// Series identities and state.
+    pub series: usize,
+    /// Set members of the current interval.
+    pub sets: usize,
+}
+
+impl StateBytes {
+    /// The sum of the parts.
+    pub fn total(&self) -> usize {
+        self.cache + self.series + self.sets
+    }
+}
+
+/// Estimated heap bytes of one raw-name cache entry besides its key: the table slot, the
+/// boxed key's header and the entry (a role is counted by its own size).
+const CACHE_ENTRY_OVERHEAD: usize = 96;
+/// Estimated heap bytes of one series besides its names, labels and buckets: the slot,
+/// the index entry, the `Arc`'d identity and the boxed state.
+const SERIES_OVERHEAD: usize = 256;
+/// Estimated heap bytes of one set member besides its text: the table slot and the box.
+const SET_MEMBER_OVERHEAD: usize = 48;
 
 /// One series as the Prometheus exposition sees it: (name, labels, help, value).
 pub(crate) type SeriesView<'a> = (
@@ -369,6 +411,7 @@ pub struct Aggregator {
     epoch: u64,
     started: Instant,
     key: Vec<u8>,
+    bytes: StateBytes,
     /// Signal inputs, fed in the same pass.
     pub signal: SignalInputs,
     /// What ingest did.
@@ -390,6 +433,7 @@ impl Aggregator {
             epoch: 0,
             started: Instant::now(),
             key: Vec::with_capacity(256),
+            bytes: StateBytes::default(),
             signal: SignalInputs::default(),
             stats: IngestStats::default(),
         }
@@ -398,6 +442,26 @@ impl Aggregator {
     /// Live series.
     pub fn live_series(&self) -> usize {
         self.live
+    }
+
+    /// The state's estimated size, per part.
+    pub fn state_bytes(&self) -> StateBytes {
+        self.bytes
+    }
+
+    /// The budget the state is held to.
+    pub fn max_bytes(&self) -> usize {
+        self.settings.max_bytes
+    }
+
+    /// What the cache may hold: a quarter of the budget.
+    fn cache_budget(&self) -> usize {
+        self.settings.max_bytes / 4
+    }
+
+    /// Whether `more` bytes of series or set state still fit.
+    fn state_fits(&self, more: usize) -> bool {
+        self.bytes.series + self.bytes.sets + more <= self.settings.max_bytes - self.cache_budget()
     }
 
     /// Ingests one packet (one or more lines). Returns the number of lines seen.
@@ -476,10 +540,19 @@ impl Aggregator {
                     self.signal.observe(role, last_sample(line), now);
                 }
                 let resolved = e.resolved;
-                if self.cache.len() >= self.settings.max_series.saturating_mul(4).max(1024) {
-                    // Bounded like the series: many raw spellings of few series, or an attack.
+                let cost = self.key.len()
+                    + CACHE_ENTRY_OVERHEAD
+                    + e.role.as_ref().map_or(0, |r| role_bytes(r));
+                if self.cache.len() >= self.settings.max_series.saturating_mul(4).max(1024)
+                    || self.bytes.cache + cost > self.cache_budget()
+                {
+                    // Bounded in entries and bytes: many raw spellings of few series, or
+                    // an attack. A cache: clearing it costs only the lookups to refill it.
                     self.cache.clear();
+                    self.bytes.cache = 0;
+                    self.stats.cache_clears += 1;
                 }
+                self.bytes.cache += cost;
                 self.cache.insert(self.key.clone().into_boxed_slice(), e);
                 resolved
             }
@@ -489,7 +562,8 @@ impl Aggregator {
             Resolved::Drop => self.stats.mapped_drop += 1,
             Resolved::Ambiguous => self.stats.ambiguous += 1,
             Resolved::Conflict => self.stats.type_conflict += 1,
-            Resolved::OverCap { .. } => self.stats.over_cap += 1,
+            Resolved::OverCap { budget: false, .. } => self.stats.over_cap += 1,
+            Resolved::OverCap { budget: true, .. } => self.stats.over_budget += 1,
         }
     }
 
@@ -500,7 +574,7 @@ impl Aggregator {
                 .get(slot as usize)
                 .and_then(Option::as_ref)
                 .is_some_and(|s| s.generation == generation),
-            Resolved::OverCap { epoch } => epoch == self.epoch,
+            Resolved::OverCap { epoch, .. } => epoch == self.epoch,
             _ => true,
         }
     }
@@ -550,8 +624,27 @@ impl Aggregator {
         }
         if self.live >= self.settings.max_series {
             self.stats.series_refused += 1;
-            return Resolved::OverCap { epoch: self.epoch };
+            return Resolved::OverCap {
+                epoch: self.epoch,
+                budget: false,
+            };
         }
+        let buckets_len = match family {
+            Family::Observer => target
+                .buckets
+                .as_ref()
+                .map_or(self.default_buckets.len(), |b| b.len()),
+            _ => 0,
+        };
+        let cost = series_bytes(&id, family, buckets_len, cloudwatch);
+        if !self.state_fits(cost) {
+            self.stats.series_refused_budget += 1;
+            return Resolved::OverCap {
+                epoch: self.epoch,
+                budget: true,
+            };
+        }
+        self.bytes.series += cost;
         let state = match family {
             Family::Counter => State::Counter {
                 total: 0.0,
@@ -612,8 +705,16 @@ impl Aggregator {
         series.last_seen = last_seen;
         series.touched = true;
         if let State::Set { members, .. } = &mut series.state {
-            if members.len() < MAX_SET_MEMBERS && !members.contains(line.values) {
-                members.insert(line.values.into());
+            if !members.contains(line.values) {
+                let cost = line.values.len() + SET_MEMBER_OVERHEAD;
+                let fits = self.bytes.series + self.bytes.sets + cost
+                    <= self.settings.max_bytes - self.settings.max_bytes / 4;
+                if members.len() < MAX_SET_MEMBERS && fits {
+                    members.insert(line.values.into());
+                    self.bytes.sets += cost;
+                } else {
+                    self.stats.set_members_refused += 1;
+                }
             }
             return;
         }
@@ -662,7 +763,11 @@ impl Aggregator {
                     ),
                     State::Set { members, last } => {
                         *last = members.len() as f64;
-                        members.clear();
+                        let freed: usize =
+                            members.iter().map(|m| m.len() + SET_MEMBER_OVERHEAD).sum();
+                        self.bytes.sets = self.bytes.sets.saturating_sub(freed);
+                        // A set that held many members gives its table back too.
+                        **members = HashSet::default();
                         (Some(DatumValue::Single(*last)), Unit::Count)
                     }
                 };
@@ -687,6 +792,16 @@ impl Aggregator {
         }
         for slot in expired {
             if let Some(series) = self.slots[slot].take() {
+                let (family, buckets, cloudwatch) = match &series.state {
+                    State::Counter { .. } => (Family::Counter, 0, false),
+                    State::Gauge { .. } => (Family::Gauge, 0, false),
+                    State::Set { .. } => (Family::Set, 0, false),
+                    State::Observer(o) => (Family::Observer, o.buckets.len(), o.interval.is_some()),
+                };
+                self.bytes.series = self
+                    .bytes
+                    .series
+                    .saturating_sub(series_bytes(&series.id, family, buckets, cloudwatch));
                 self.index.remove(&series.id);
                 self.free.push(slot as u32);
                 self.live -= 1;
@@ -743,6 +858,35 @@ impl Aggregator {
 
 /// The last sample of a line (what a signal input reads), without an iterator for the
 /// usual single value.
+/// The estimated heap bytes of a series: its identity (held twice: slot and index share
+/// one `Arc`), its state and, for a histogram, its buckets and interval values.
+fn series_bytes(id: &SeriesId, family: Family, buckets: usize, cloudwatch: bool) -> usize {
+    let labels: usize = id.labels.iter().map(|(k, v)| k.len() + v.len() + 32).sum();
+    let state = match family {
+        Family::Observer => {
+            64 + buckets * 16
+                + if cloudwatch {
+                    64 + MAX_DISTINCT_VALUES * 16
+                } else {
+                    0
+                }
+        }
+        Family::Set => 64,
+        Family::Counter | Family::Gauge => 0,
+    };
+    SERIES_OVERHEAD + id.name.len() + labels + state
+}
+
+/// The heap bytes of a cached role (its pool or executor name).
+fn role_bytes(role: &Role) -> usize {
+    match role {
+        Role::PoolQueued(p) | Role::ExecutorQueued(Some(p)) | Role::ExecutorRunning(Some(p)) => {
+            48 + p.len()
+        }
+        _ => 32,
+    }
+}
+
 fn last_sample(line: &Line<'_>) -> Option<Sample> {
     line.single_sample().or_else(|| line.samples().last())
 }
@@ -789,6 +933,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 prefix: "airflow".into(),
                 allowlist: Allowlist::new(&allow).unwrap(),
+                max_bytes: 64 << 20,
             },
         )
     }
@@ -854,6 +999,42 @@ mod tests {
             datum(&a.flush(now, SystemTime::now()), "u").value,
             DatumValue::Single(2.0)
         );
+    }
+
+    #[test]
+    fn state_stays_within_its_byte_budget() {
+        let mut a = agg(1_000_000, &[]);
+        a.settings.max_bytes = 1 << 20;
+        let now = Instant::now();
+        // 20,000 distinct 200-byte names: ~5 MB of series if nothing held them back.
+        for i in 0..20_000 {
+            let line = format!("{}{i:08}:1|c", "n".repeat(192));
+            a.ingest(line.as_bytes(), now).unwrap();
+            assert!(a.state_bytes().total() <= 1 << 20, "{:?}", a.state_bytes());
+        }
+        let stats = a.stats;
+        assert!(stats.series_refused_budget > 0, "{stats:?}");
+        assert_eq!(stats.series_created + stats.series_refused_budget, 20_000);
+        assert!(
+            stats.cache_clears > 0,
+            "the cache was cleared to stay in its share"
+        );
+        // Sets with 1 KiB members: the members beyond the budget are refused and counted.
+        let mut b = agg(100, &["*"]);
+        b.settings.max_bytes = 1 << 20;
+        let member = "m".repeat(1024);
+        for i in 0..5_000 {
+            b.ingest(format!("users:{member}{i}|s").as_bytes(), now)
+                .unwrap();
+            assert!(b.state_bytes().total() <= 1 << 20);
+        }
+        assert!(b.stats.set_members_refused > 0);
+        let kept = match datum(&b.flush(now, SystemTime::now()), "users").value {
+            DatumValue::Single(v) => v,
+            ref other => panic!("{other:?}"),
+        };
+        assert_eq!(kept as u64 + b.stats.set_members_refused, 5_000);
+        assert_eq!(b.state_bytes().sets, 0, "a flush frees the members");
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub fn estimated_size(d: &Datum) -> usize {
     200 + 3 * d.name.len() + dims + values
 }
 
-/// Splits datums into request-sized batches, keeping their order.
+/// Splits datums into request-sized batches, keeping their order. (The signal is
+/// batched apart by the caller: it never shares a request with other series.)
 pub fn batches(datums: Vec<Datum>) -> Vec<Vec<Datum>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
@@ -69,10 +70,27 @@ pub fn batches(datums: Vec<Datum>) -> Vec<Vec<Datum>> {
     out
 }
 
+/// What a queued batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// The autoscaling signal (QueueDepth, TaskDemand, DesiredWorkers, the alias): sent
+    /// in a request of its own, first, and dropped last when the backlog is full.
+    Signal,
+    /// Allowlisted series.
+    Series,
+}
+
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    kind: BatchKind,
+    datums: Vec<Datum>,
+}
+
 /// Batches waiting to be sent, bounded by a total number of datums.
 #[derive(Debug)]
 pub struct Backlog {
-    queue: VecDeque<(u64, Vec<Datum>)>,
+    queue: VecDeque<Queued>,
     next_seq: u64,
     datums: usize,
     max_datums: usize,
@@ -92,9 +110,9 @@ impl Backlog {
         }
     }
 
-    /// Adds a batch at the tail, dropping the oldest batches if it does not fit.
-    /// Returns the number of datums dropped.
-    pub fn push(&mut self, mut batch: Vec<Datum>) -> u64 {
+    /// Adds a batch at the tail, dropping the oldest batches if it does not fit (series
+    /// batches before signal batches). Returns the number of datums dropped.
+    pub fn push(&mut self, mut batch: Vec<Datum>, kind: BatchKind) -> u64 {
         let mut dropped = 0;
         if batch.len() > self.max_datums {
             let excess = batch.len() - self.max_datums;
@@ -102,37 +120,76 @@ impl Backlog {
             dropped += excess as u64;
         }
         while self.datums + batch.len() > self.max_datums {
-            match self.queue.pop_front() {
-                Some((_, old)) => {
-                    self.datums -= old.len();
-                    dropped += old.len() as u64;
+            let victim = self
+                .queue
+                .iter()
+                .position(|q| q.kind == BatchKind::Series)
+                .or(if self.queue.is_empty() { None } else { Some(0) });
+            match victim.and_then(|i| self.queue.remove(i)) {
+                Some(old) => {
+                    self.datums -= old.datums.len();
+                    dropped += old.datums.len() as u64;
                 }
                 None => break,
             }
         }
         self.datums += batch.len();
-        self.queue.push_back((self.next_seq, batch));
+        self.queue.push_back(Queued {
+            seq: self.next_seq,
+            kind,
+            datums: batch,
+        });
         self.next_seq += 1;
         self.dropped += dropped;
         dropped
     }
 
-    /// A copy of the oldest batch with its sequence number (it stays queued until
-    /// [`Backlog::pop_sent`]).
+    /// A copy of the batch to send next with its sequence number: the oldest signal
+    /// batch if any (autoscaling must not wait behind a backlog of series), else the
+    /// oldest batch. It stays queued until [`Backlog::pop_sent`].
     pub fn front(&self) -> Option<(u64, Vec<Datum>)> {
-        self.queue.front().cloned()
+        let q = self
+            .queue
+            .iter()
+            .find(|q| q.kind == BatchKind::Signal)
+            .or_else(|| self.queue.front())?;
+        Some((q.seq, q.datums.clone()))
     }
 
     /// Removes batch `seq` after it was sent (or given up on). A no-op when that batch
-    /// was already dropped to make room while it was in flight: the head is then a
-    /// different batch, which must not be discarded unsent.
+    /// was already dropped to make room while it was in flight.
     pub fn pop_sent(&mut self, seq: u64) -> Option<usize> {
-        if self.queue.front()?.0 != seq {
-            return None;
+        let i = self.queue.iter().position(|q| q.seq == seq)?;
+        let q = self.queue.remove(i)?;
+        self.datums -= q.datums.len();
+        Some(q.datums.len())
+    }
+
+    /// Replaces batch `seq` by its two halves, in place, so that a request CloudWatch
+    /// rejected as invalid can be narrowed down to the datums it rejects. Returns false
+    /// when the batch is gone or has a single datum.
+    pub fn split(&mut self, seq: u64) -> bool {
+        let Some(i) = self.queue.iter().position(|q| q.seq == seq) else {
+            return false;
+        };
+        if self.queue[i].datums.len() < 2 {
+            return false;
         }
-        let (_, b) = self.queue.pop_front()?;
-        self.datums -= b.len();
-        Some(b.len())
+        let kind = self.queue[i].kind;
+        let mut first = std::mem::take(&mut self.queue[i].datums);
+        let second = first.split_off(first.len() / 2);
+        self.queue[i].datums = first;
+        self.queue[i].seq = self.next_seq;
+        self.queue.insert(
+            i + 1,
+            Queued {
+                seq: self.next_seq + 1,
+                kind,
+                datums: second,
+            },
+        );
+        self.next_seq += 2;
+        true
     }
 
     /// Datums queued.
@@ -294,11 +351,30 @@ impl Publisher {
                             }
                         }
                         ErrorClass::Invalid | ErrorClass::NotFound => {
-                            // Retrying the same request cannot succeed: drop it, loudly.
-                            self.backlog.lock().expect("backlog lock").pop_sent(seq);
+                            // CloudWatch rejects the whole request for one bad datum. Every
+                            // datum passed the documented rules (`rules`), so this is a rule
+                            // we do not know: halve the request until the datum it rejects
+                            // is alone, drop that one, and send the rest.
+                            let mut backlog = self.backlog.lock().expect("backlog lock");
+                            if backlog.split(seq) {
+                                drop(backlog);
+                                metrics::counter!("metricship_cloudwatch_batches_split_total")
+                                    .increment(1);
+                                tracing::warn!(datums = batch.len(), error = %message, "CloudWatch rejected a request; splitting it to find the datum it rejects");
+                                continue;
+                            }
+                            backlog.pop_sent(seq);
+                            drop(backlog);
                             metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "rejected")
                                 .increment(batch.len() as u64);
-                            tracing::error!(datums = batch.len(), error = %message, "CloudWatch rejected a batch; dropped it");
+                            let first = batch.first();
+                            tracing::error!(
+                                datums = batch.len(),
+                                metric = first.map(|d| &*d.name),
+                                dimensions = ?first.map(|d| &d.dimensions),
+                                error = %message,
+                                "CloudWatch rejected a datum; dropped it"
+                            );
                             continue;
                         }
                         ErrorClass::Transient | ErrorClass::Throttled => {}
@@ -365,22 +441,78 @@ mod tests {
     #[test]
     fn backlog_drops_oldest_first() {
         let mut b = Backlog::new(5);
-        assert_eq!(b.push(vec![d("a", DatumValue::Single(1.0)); 3]), 0);
-        assert_eq!(b.push(vec![d("b", DatumValue::Single(1.0)); 2]), 0);
-        assert_eq!(b.push(vec![d("c", DatumValue::Single(1.0)); 2]), 3);
+        assert_eq!(
+            b.push(vec![d("a", DatumValue::Single(1.0)); 3], BatchKind::Series),
+            0
+        );
+        assert_eq!(
+            b.push(vec![d("b", DatumValue::Single(1.0)); 2], BatchKind::Series),
+            0
+        );
+        assert_eq!(
+            b.push(vec![d("c", DatumValue::Single(1.0)); 2], BatchKind::Series),
+            3
+        );
         assert_eq!(b.datums(), 4);
         let (seq_b, front) = b.front().unwrap();
         assert_eq!(&*front[0].name, "b");
         // "b" is in flight when a push drops it: its success must not pop "c".
-        assert_eq!(b.push(vec![d("c2", DatumValue::Single(1.0)); 2]), 2);
+        assert_eq!(
+            b.push(vec![d("c2", DatumValue::Single(1.0)); 2], BatchKind::Series),
+            2
+        );
         assert_eq!(b.pop_sent(seq_b), None);
         let (seq_c, front) = b.front().unwrap();
         assert_eq!(&*front[0].name, "c");
         assert_eq!(b.pop_sent(seq_c), Some(2));
         assert_eq!(b.pop_sent(seq_c), None);
-        assert_eq!(b.push(vec![d("x", DatumValue::Single(1.0)); 9]), 6);
+        assert_eq!(
+            b.push(vec![d("x", DatumValue::Single(1.0)); 9], BatchKind::Series),
+            6
+        );
         assert_eq!(b.datums(), 5);
         assert_eq!(b.dropped, 11);
+    }
+
+    #[test]
+    fn signal_batches_go_first_and_are_dropped_last() {
+        let one = |n: &str| vec![d(n, DatumValue::Single(1.0))];
+        let mut b = Backlog::new(3);
+        b.push(one("series1"), BatchKind::Series);
+        b.push(one("QueueDepth"), BatchKind::Signal);
+        b.push(one("series2"), BatchKind::Series);
+        let (seq, front) = b.front().unwrap();
+        assert_eq!(&*front[0].name, "QueueDepth", "the signal is sent first");
+        // Full: the next signal pushes out the oldest series, not the older signal.
+        assert_eq!(b.push(one("DesiredWorkers"), BatchKind::Signal), 1);
+        assert_eq!(b.pop_sent(seq), Some(1));
+        let names: Vec<String> = std::iter::from_fn(|| {
+            let (seq, f) = b.front()?;
+            b.pop_sent(seq);
+            Some(f[0].name.to_string())
+        })
+        .collect();
+        assert_eq!(names, ["DesiredWorkers", "series2"]);
+    }
+
+    #[test]
+    fn a_rejected_batch_splits_down_to_single_datums() {
+        let mut b = Backlog::new(100);
+        let batch: Vec<_> = (0..5)
+            .map(|i| d(&format!("m{i}"), DatumValue::Single(1.0)))
+            .collect();
+        b.push(batch, BatchKind::Series);
+        let (seq, _) = b.front().unwrap();
+        assert!(b.split(seq));
+        assert!(!b.split(seq), "the old sequence number is gone");
+        let (seq, half) = b.front().unwrap();
+        assert_eq!(half.len(), 2);
+        assert!(b.split(seq));
+        let (seq, single) = b.front().unwrap();
+        assert_eq!(single.len(), 1);
+        assert!(!b.split(seq), "a single datum cannot be split");
+        assert_eq!(b.datums(), 5, "splitting loses nothing");
+        assert_eq!(b.batches(), 3);
     }
 
     #[test]

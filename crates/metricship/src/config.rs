@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airside_core::config::{parse_duration, parse_socket_addr};
+use airside_core::config::{parse_bytes, parse_duration, parse_socket_addr};
 use clap::{Args, Parser, Subcommand};
 
 use crate::ingest::{Listen, parse_listen};
@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(long, env = "METRICSHIP_ADMIN_ADDR", default_value = "127.0.0.1:9402", value_parser = parse_socket_addr)]
         admin_addr: SocketAddr,
         /// How long to wait for an answer.
-        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        #[arg(long, env = "METRICSHIP_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
         timeout: Duration,
     },
 }
@@ -131,6 +131,13 @@ pub struct Config {
     #[arg(long, env = "METRICSHIP_MAX_SERIES", default_value_t = 100_000)]
     pub max_series: usize,
 
+    /// Upper bound of the state any sender can make metricship keep (raw-name cache,
+    /// series, set members), estimated in bytes: new series and set members beyond it are
+    /// refused and counted. The default leaves half of the 128 MiB the task definitions
+    /// give the container for the rest (receive buffers, a scrape, the backlog).
+    #[arg(long, env = "METRICSHIP_MEMORY_BUDGET", default_value = "48MiB", value_parser = parse_bytes)]
+    pub memory_budget: u64,
+
     /// Series without samples for this long are forgotten.
     #[arg(long, env = "METRICSHIP_SERIES_TTL", default_value = "15m", value_parser = parse_duration)]
     pub series_ttl: Duration,
@@ -183,6 +190,12 @@ impl Config {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        // ECS passes configuration as environment (the README's promise).
+        airside_core::config::assert_every_flag_has_env(&Cli::command(), "METRICSHIP_");
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -308,6 +308,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 prefix: "airflow".into(),
                 allowlist: Allowlist::new(&[]).unwrap(),
+                max_bytes: 64 << 20,
             },
         )))
     }

@@ -28,6 +28,7 @@ pub mod emf;
 pub mod ingest;
 pub mod mapping;
 pub mod prometheus;
+pub mod rules;
 pub mod signal;
 pub mod statsd;
 
@@ -47,10 +48,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{Aggregator, AggregatorSettings, Allowlist, Datum, DatumValue, Unit};
-use crate::cloudwatch::{Backlog, PublishError, Publisher, batches};
+use crate::cloudwatch::{Backlog, BatchKind, PublishError, Publisher, batches};
 pub use crate::config::Config;
 use crate::ingest::{Listen, ReceiveCounters, StatsdSocket};
-use crate::signal::{Signal, SignalSettings};
+use crate::signal::{Input, Signal, SignalSettings};
 
 /// Why the daemon stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,7 @@ struct Shared {
     signal_settings: SignalSettings,
     allowlist: Allowlist,
     last_signal: Mutex<Option<Signal>>,
+    missing_inputs: Mutex<Vec<Input>>,
     backlog: Arc<Mutex<Backlog>>,
     wake: Arc<Notify>,
     output: Output,
@@ -136,6 +138,7 @@ pub struct Daemon {
     stop_receiver: Arc<AtomicBool>,
     receiver: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
     publisher: Option<(JoinHandle<Result<(), PublishError>>, Shutdown)>,
     fatal: tokio::sync::mpsc::Receiver<Error>,
     admin_stop: Shutdown,
@@ -207,6 +210,7 @@ impl Daemon {
                 } else {
                     allowlist.clone()
                 },
+                max_bytes: config.memory_budget as usize,
             },
         )));
 
@@ -237,6 +241,8 @@ impl Daemon {
             backlog: Arc::new(Mutex::new(Backlog::new(config.backlog_datums))),
             wake: Arc::new(Notify::new()),
             last_signal: Mutex::new(None),
+            // Nothing is known to be missing before the first flush.
+            missing_inputs: Mutex::new(Vec::new()),
             allowlist,
             aggregator: aggregator.clone(),
             output: output.clone(),
@@ -303,7 +309,7 @@ impl Daemon {
             Output::Emf | Output::None => readiness.set_ready(),
         }
 
-        tasks.push(tokio::spawn(flush_loop(shared.clone(), shutdown.clone())));
+        let flusher = tokio::spawn(flush_loop(shared.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(export_health(
             shared.clone(),
             kernel_drops,
@@ -318,6 +324,7 @@ impl Daemon {
             stop_receiver,
             receiver: Some(receiver),
             tasks,
+            flusher: Some(flusher),
             publisher,
             fatal,
             admin_stop,
@@ -347,8 +354,23 @@ impl Daemon {
     /// drains the backlog within `--drain-timeout`.
     pub async fn wait(mut self) -> Result<(), Error> {
         let mut publisher = self.publisher.take();
+        let mut flusher = self.flusher.take();
         let fatal = tokio::select! {
             _ = self.shutdown.cancelled() => None,
+            // The flush loop only returns at shutdown: anything else is fatal, or the
+            // daemon would keep answering /readyz while publishing nothing.
+            r = async {
+                match &mut flusher {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                flusher = None;
+                Some(Error::Internal(match r {
+                    Ok(()) => "the flush task ended".to_string(),
+                    Err(e) => format!("the flush task failed: {e}"),
+                }))
+            }
             // All senders gone (the start check finished) disables this branch.
             Some(e) = self.fatal.recv() => Some(e),
             r = async {
@@ -371,7 +393,7 @@ impl Daemon {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         self.shutdown.cancel();
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.drain(..).chain(flusher) {
             let _ = t.await;
         }
         if fatal.is_none() {
@@ -455,84 +477,101 @@ async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
         }
         let shared = shared.clone();
         // Flushing walks every series: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || flush_once(&shared, Instant::now())).await;
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || flush_once(&shared, Instant::now())).await
+        {
+            // A panic in one flush is a bug; the next interval starts afresh (the
+            // aggregator's lock is taken poison-tolerantly), and it is counted and logged.
+            metrics::counter!("metricship_flush_failures_total").increment(1);
+            tracing::error!(error = %e, "flushing an interval failed; its datums are lost");
+        }
     }
 }
 
-/// Ends one interval: drains the aggregator, computes the signal, and hands the
-/// datums to the output.
+/// Ends one interval: drains the aggregator, computes the signal, checks every datum
+/// against CloudWatch's rules and hands the datums to the output.
 fn flush_once(shared: &Shared, now: Instant) {
     let at = SystemTime::now();
-    let (mut datums, signal, source_age, live) = {
+    let (series, (signal, missing), live) = {
         let mut agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
         let datums = agg.flush(now, at);
         let signal = agg.signal.compute(&shared.signal_settings, now);
-        (
-            datums,
-            signal,
-            agg.signal.source_age(now),
-            agg.live_series(),
-        )
+        (datums, signal, agg.live_series())
     };
-    *shared.last_signal.lock().expect("signal lock") = signal;
+    *shared.last_signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
+    report_missing_inputs(shared, &missing);
     let high_resolution = shared.config.high_resolution;
-    match signal {
-        Some(s) => {
-            for (name, value, unit) in [
-                ("QueueDepth", s.queue_depth, Unit::Count),
-                ("celery.queue_depth", s.queue_depth, Unit::Count),
-                ("TaskDemand", s.task_demand, Unit::Count),
-                ("DesiredWorkers", s.desired_workers, Unit::Count),
-            ] {
-                if shared.allowlist.allows(name) {
-                    datums.push(Datum {
-                        name: name.into(),
-                        dimensions: Vec::new(),
-                        value: DatumValue::Single(value),
-                        unit,
-                        high_resolution,
-                        timestamp: at,
-                    });
+    let mut signal_datums = Vec::new();
+    for (name, value) in [
+        ("QueueDepth", signal.queue_depth),
+        ("celery.queue_depth", signal.queue_depth),
+        ("TaskDemand", signal.task_demand),
+        ("DesiredWorkers", signal.desired_workers),
+    ] {
+        if !shared.allowlist.allows(name) {
+            continue;
+        }
+        let Some(value) = value else {
+            metrics::counter!("metricship_signal_withheld_total", "metric" => name).increment(1);
+            continue;
+        };
+        signal_datums.push(Datum {
+            name: name.into(),
+            dimensions: Vec::new(),
+            value: DatumValue::Single(value),
+            unit: Unit::Count,
+            high_resolution,
+            timestamp: at,
+        });
+    }
+    let mut invalid: Vec<(rules::DropReason, Arc<str>)> = Vec::new();
+    let mut checked = |datums: Vec<Datum>| -> Vec<Datum> {
+        datums
+            .into_iter()
+            .filter_map(|mut d| {
+                for (k, v) in &shared.config.dimensions {
+                    if !d.dimensions.iter().any(|(dk, _)| dk == k) {
+                        d.dimensions.push((k.clone(), v.clone()));
+                    }
                 }
-            }
-        }
-        None => {
-            metrics::counter!("metricship_signal_withheld_total").increment(1);
-            tracing::warn!(
-                source_age_seconds = source_age.map(|a| a.as_secs_f64()),
-                freshness_seconds = shared.signal_settings.freshness.as_secs_f64(),
-                "scheduler silent: autoscaling signal withheld"
-            );
-        }
-    }
-    for d in &mut datums {
-        for (k, v) in &shared.config.dimensions {
-            if !d.dimensions.iter().any(|(dk, _)| dk == k) {
-                d.dimensions.push((k.clone(), v.clone()));
-            }
-        }
-        // CloudWatch allows 30 dimensions per datum.
-        d.dimensions.truncate(30);
-    }
-    let count = datums.len();
+                match rules::check(&mut d, at) {
+                    Ok(()) => Some(d),
+                    Err(reason) => {
+                        invalid.push((reason, d.name.clone()));
+                        None
+                    }
+                }
+            })
+            .collect()
+    };
+    let signal_datums = checked(signal_datums);
+    let series = checked(series);
+    report_invalid(&invalid);
+    let count = signal_datums.len() + series.len();
     tracing::info!(
         datums = count,
+        invalid = invalid.len(),
         live_series = live,
-        queue_depth = signal.map(|s| s.queue_depth),
-        task_demand = signal.map(|s| s.task_demand),
-        desired_workers = signal.map(|s| s.desired_workers),
+        queue_depth = signal.queue_depth,
+        task_demand = signal.task_demand,
+        desired_workers = signal.desired_workers,
         "flushed interval"
     );
     metrics::counter!("metricship_flushes_total").increment(1);
     match &shared.output {
         Output::CloudWatch(_) => {
-            if datums.is_empty() {
+            if count == 0 {
                 return;
             }
             let mut backlog = shared.backlog.lock().expect("backlog lock");
             let mut dropped = 0;
-            for b in batches(datums) {
-                dropped += backlog.push(b);
+            // The signal goes in a request of its own: a datum CloudWatch rejects
+            // costs its whole request, and no series may cost us the signal.
+            if !signal_datums.is_empty() {
+                dropped += backlog.push(signal_datums, BatchKind::Signal);
+            }
+            for b in batches(series) {
+                dropped += backlog.push(b, BatchKind::Series);
             }
             if dropped > 0 {
                 metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "backlog_full")
@@ -547,15 +586,99 @@ fn flush_once(shared: &Shared, now: Instant) {
             shared.wake.notify_one();
         }
         Output::Emf => {
-            let mut out = std::io::stdout().lock();
-            for d in &datums {
-                let _ = writeln!(out, "{}", emf::line(&shared.config.namespace, d));
+            let written = write_emf(
+                &shared.config.namespace,
+                signal_datums.iter().chain(&series),
+                &mut std::io::stdout().lock(),
+            );
+            match written {
+                Ok(lines) => {
+                    metrics::counter!("metricship_emf_lines_total").increment(lines);
+                }
+                Err(e) => {
+                    metrics::counter!("metricship_emf_write_errors_total").increment(1);
+                    tracing::error!(error = %e, datums = count, "cannot write EMF lines to stdout; this interval's datums are lost");
+                }
             }
-            let _ = out.flush();
-            metrics::counter!("metricship_emf_lines_total").increment(count as u64);
         }
         Output::None => {}
     }
+}
+
+/// Writes one EMF line per datum and flushes; returns the lines written.
+fn write_emf<'a>(
+    namespace: &str,
+    datums: impl Iterator<Item = &'a Datum>,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
+    let mut lines = 0;
+    for d in datums {
+        writeln!(out, "{}", emf::line(namespace, d))?;
+        lines += 1;
+    }
+    out.flush()?;
+    Ok(lines)
+}
+
+/// Counts the datums that broke a CloudWatch rule, and says once per interval which.
+fn report_invalid(invalid: &[(rules::DropReason, Arc<str>)]) {
+    if invalid.is_empty() {
+        return;
+    }
+    let mut by_reason: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
+    for (reason, name) in invalid {
+        let e = by_reason.entry(reason.as_str()).or_insert((0, name));
+        e.0 += 1;
+    }
+    for (reason, (n, _)) in &by_reason {
+        metrics::counter!("metricship_datums_invalid_total", "reason" => *reason).increment(*n);
+    }
+    tracing::warn!(
+        dropped = invalid.len(),
+        reasons = ?by_reason,
+        "datums that CloudWatch would reject were not sent (reason: (count, an example metric))"
+    );
+}
+
+/// Exports which signal inputs are missing, and logs each change once.
+fn report_missing_inputs(shared: &Shared, missing: &[Input]) {
+    let mut last = shared
+        .missing_inputs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for input in Input::ALL {
+        metrics::gauge!("metricship_signal_input_missing", "input" => input.as_str())
+            .set(if missing.contains(&input) { 1.0 } else { 0.0 });
+    }
+    if last.as_slice() == missing {
+        return;
+    }
+    let names: Vec<&str> = missing.iter().map(|i| i.as_str()).collect();
+    if missing.is_empty() {
+        tracing::info!("every autoscaling signal input is fresh again");
+    } else {
+        let withheld: Vec<&str> = [
+            (
+                missing.contains(&Input::PoolQueuedSlots),
+                "QueueDepth, celery.queue_depth",
+            ),
+            (
+                missing.contains(&Input::ExecutorQueuedTasks)
+                    || missing.contains(&Input::ExecutorRunningTasks),
+                "TaskDemand, DesiredWorkers",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(w, m)| w.then_some(m))
+        .collect();
+        tracing::warn!(
+            missing = ?names,
+            withheld = ?withheld,
+            freshness_seconds = shared.signal_settings.freshness.as_secs_f64(),
+            "autoscaling signal inputs stale or never received: the metrics computed from them are withheld (check Airflow's metrics_allow_list and statsd settings)"
+        );
+    }
+    *last = missing.to_vec();
 }
 
 /// Publishes the receive counters and ingest statistics to the metrics registry once a second.
@@ -577,6 +700,20 @@ async fn export_health(
     let dropped_conflict =
         metrics::counter!("metricship_lines_dropped_total", "reason" => "type_conflict");
     let dropped_cap = metrics::counter!("metricship_lines_dropped_total", "reason" => "series_cap");
+    let dropped_budget =
+        metrics::counter!("metricship_lines_dropped_total", "reason" => "memory_budget");
+    let series_refused_budget = metrics::counter!("metricship_series_refused_budget_total");
+    let set_members_refused = metrics::counter!("metricship_set_members_refused_total");
+    let cache_clears = metrics::counter!("metricship_name_cache_clears_total");
+    let state_cache = metrics::gauge!("metricship_state_bytes", "part" => "cache");
+    let state_series = metrics::gauge!("metricship_state_bytes", "part" => "series");
+    let state_sets = metrics::gauge!("metricship_state_bytes", "part" => "sets");
+    let state_limit = metrics::gauge!("metricship_state_bytes_limit");
+    for reason in rules::DropReason::ALL {
+        // Zeroes from the start, so that a rate() over them exists before the first drop.
+        metrics::counter!("metricship_datums_invalid_total", "reason" => reason.as_str())
+            .increment(0);
+    }
     let series_dropped = metrics::counter!("metricship_series_dropped_total");
     let series_expired = metrics::counter!("metricship_series_expired_total");
     let live = metrics::gauge!("metricship_live_series");
@@ -588,10 +725,23 @@ async fn export_health(
         bytes.absolute(c.bytes.load(Ordering::Relaxed));
         truncated.absolute(c.truncated.load(Ordering::Relaxed));
         recv_errors.absolute(c.errors.load(Ordering::Relaxed));
-        let (stats, n) = {
+        let (stats, n, bytes, limit) = {
             let agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
-            (agg.stats, agg.live_series())
+            (
+                agg.stats,
+                agg.live_series(),
+                agg.state_bytes(),
+                agg.max_bytes(),
+            )
         };
+        dropped_budget.absolute(stats.over_budget);
+        series_refused_budget.absolute(stats.series_refused_budget);
+        set_members_refused.absolute(stats.set_members_refused);
+        cache_clears.absolute(stats.cache_clears);
+        state_cache.set(bytes.cache as f64);
+        state_series.set(bytes.series as f64);
+        state_sets.set(bytes.sets as f64);
+        state_limit.set(limit as f64);
         lines.absolute(stats.lines);
         malformed.absolute(stats.malformed);
         dropped_mapping.absolute(stats.mapped_drop);
@@ -651,7 +801,11 @@ impl Iterator for Exposition {
             .unwrap_or_else(|p| p.into_inner())
             .signal
             .source_age(Instant::now());
-        let signal = *self.shared.last_signal.lock().expect("signal lock");
+        let signal = *self
+            .shared
+            .last_signal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // The signal stays on /metrics only while the source is fresh.
         let signal = signal
             .filter(|_| source_age.is_some_and(|a| a <= self.shared.signal_settings.freshness));

@@ -42,6 +42,18 @@ fn labels(pairs: &[(Box<str>, Box<str>)], extra: Option<(&str, &str)>, out: &mut
     out.push('}');
 }
 
+/// HELP text as the exposition format wants it: "`\\` and newline are escaped as `\\\\`
+/// and `\\n`" (a mapping file's help text is the user's, and may hold either).
+fn escape_help(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
 fn number(v: f64, out: &mut String) {
     if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
@@ -76,7 +88,11 @@ pub fn render_series_chunk(
         if current != Some(name) {
             current = Some(name);
             if let Some(h) = help {
-                let _ = writeln!(out, "# HELP {name} {}", h.replace('\n', " "));
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push(' ');
+                escape_help(h, out);
+                out.push('\n');
             }
             let kind = match value {
                 PromValue::Counter(_) => "counter",
@@ -155,7 +171,7 @@ fn render_one(
 /// Renders the autoscaling signal (absent while withheld) and the source age.
 pub fn render_signal(signal: Option<Signal>, source_age: Option<Duration>, out: &mut String) {
     if let Some(s) = signal {
-        for (name, help, v) in [
+        for (name, help, value) in [
             (
                 "metricship_queue_depth",
                 "Tasks waiting for a worker: the sum over pools of Airflow's pool.queued_slots.",
@@ -172,7 +188,10 @@ pub fn render_signal(signal: Option<Signal>, source_age: Option<Duration>, out: 
                 s.desired_workers,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            // Each metric is absent while its own inputs are stale (withheld).
+            if let Some(v) = value {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
         }
     }
     if let Some(age) = source_age {
@@ -200,6 +219,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 prefix: "airflow".into(),
                 allowlist: Allowlist::new(&[]).unwrap(),
+                max_bytes: 64 << 20,
             },
         );
         let now = Instant::now();
@@ -225,6 +245,14 @@ mod tests {
     }
 
     #[test]
+    fn help_text_escapes_backslashes_and_newlines() {
+        let mut out = String::new();
+        escape_help("C:\\dags\nsecond \"line\"", &mut out);
+        // A backslash left alone would make `\n` in the text read as a newline.
+        assert_eq!(out, "C:\\\\dags\\nsecond \"line\"");
+    }
+
+    #[test]
     fn signal_is_absent_when_withheld() {
         let mut out = String::new();
         render_signal(None, Some(Duration::from_secs(90)), &mut out);
@@ -233,14 +261,14 @@ mod tests {
         out.clear();
         render_signal(
             Some(Signal {
-                queue_depth: 4.0,
-                task_demand: 20.0,
-                desired_workers: 2.0,
+                queue_depth: Some(4.0),
+                task_demand: None,
+                desired_workers: None,
             }),
             None,
             &mut out,
         );
         assert!(out.contains("metricship_queue_depth 4\n"), "{out}");
-        assert!(out.contains("metricship_desired_workers 2\n"), "{out}");
+        assert!(!out.contains("metricship_desired_workers"), "{out}");
     }
 }

@@ -15,9 +15,17 @@
 //!   plain one is used. Adding both would double the demand.
 //! * `scheduler_heartbeat`: only freshness.
 //!
-//! A reading counts while it is younger than the freshness window; when no input
-//! has arrived for longer than that, the signal is **withheld** (not sent as zero),
-//! so CloudWatch alarms see missing data rather than a false "no work".
+//! A reading counts while it is younger than the freshness window. Each signal metric
+//! is computed only from its own inputs and is **withheld** (not sent as zero) while
+//! they are stale, so CloudWatch alarms see missing data rather than a false "no work":
+//!
+//! * QueueDepth (and `celery.queue_depth`) needs a fresh pool reading;
+//! * TaskDemand and DesiredWorkers need fresh `executor.queued_tasks` **and**
+//!   `executor.running_tasks` readings. A heartbeat or pool gauges that keep coming
+//!   while the executor gauges stop (Airflow's `metrics_allow_list` without
+//!   `executor.*`, or a scheduler that restarted and has not sent them yet) withhold
+//!   them: reading the missing executor as 0 would scale the workers in under
+//!   running tasks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +46,11 @@ pub enum Role {
     Heartbeat,
 }
 
+/// The longest pool name Airflow stores (`slot_pool.pool` is a `String(256)` column):
+/// a longer one is not Airflow's, and keeping it would let a sender grow the readings
+/// table by kilobytes per entry.
+pub const MAX_POOL_NAME: usize = 256;
+
 /// Recognises a signal input. `prefix` is Airflow's `statsd_prefix` (empty for none).
 pub fn role_of(prefix: &str, line: &Line<'_>) -> Option<Role> {
     let name = if prefix.is_empty() {
@@ -53,11 +66,14 @@ pub fn role_of(prefix: &str, line: &Line<'_>) -> Option<Role> {
     }
     if let Some(rest) = name.strip_prefix("pool.queued_slots") {
         if let Some(pool) = rest.strip_prefix('.') {
-            return (!pool.is_empty()).then(|| Role::PoolQueued(pool.into()));
+            return (!pool.is_empty() && pool.len() <= MAX_POOL_NAME)
+                .then(|| Role::PoolQueued(pool.into()));
         }
         if rest.is_empty() {
             return Some(match line.tag("pool_name").or_else(|| line.tag("pool")) {
-                Some(pool) if !pool.is_empty() => Role::PoolQueued(pool.into()),
+                Some(pool) if !pool.is_empty() && pool.len() <= MAX_POOL_NAME => {
+                    Role::PoolQueued(pool.into())
+                }
                 // Ambiguous: alive, but not attributable to a pool.
                 _ => Role::Heartbeat,
             });
@@ -105,15 +121,51 @@ pub struct SignalSettings {
     pub max_workers: u32,
 }
 
-/// The computed signal.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The computed signal: each metric is `None` (withheld) while its inputs are stale.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Signal {
     /// Sum over pools of queued slots.
-    pub queue_depth: f64,
+    pub queue_depth: Option<f64>,
     /// Executor queued + running tasks.
-    pub task_demand: f64,
+    pub task_demand: Option<f64>,
     /// ceil(demand / concurrency), clamped.
-    pub desired_workers: f64,
+    pub desired_workers: Option<f64>,
+}
+
+impl Signal {
+    /// Whether every metric is withheld.
+    pub fn is_empty(&self) -> bool {
+        self.queue_depth.is_none() && self.task_demand.is_none()
+    }
+}
+
+/// A group of signal inputs, for saying which one is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// `pool.queued_slots` per pool (QueueDepth).
+    PoolQueuedSlots,
+    /// `executor.queued_tasks` (TaskDemand, DesiredWorkers).
+    ExecutorQueuedTasks,
+    /// `executor.running_tasks` (TaskDemand, DesiredWorkers).
+    ExecutorRunningTasks,
+}
+
+impl Input {
+    /// Every input group.
+    pub const ALL: [Input; 3] = [
+        Input::PoolQueuedSlots,
+        Input::ExecutorQueuedTasks,
+        Input::ExecutorRunningTasks,
+    ];
+
+    /// The Airflow metric name (without the prefix), also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Input::PoolQueuedSlots => "pool.queued_slots",
+            Input::ExecutorQueuedTasks => "executor.queued_tasks",
+            Input::ExecutorRunningTasks => "executor.running_tasks",
+        }
+    }
 }
 
 /// Readings keyed by role, at most [`SignalInputs::MAX_ROLES`] of them.
@@ -163,16 +215,15 @@ impl SignalInputs {
         self.last_input.map(|t| now.saturating_duration_since(t))
     }
 
-    /// Computes the signal, or `None` when the source is stale (withheld).
-    pub fn compute(&mut self, settings: &SignalSettings, now: Instant) -> Option<Signal> {
+    /// Computes the signal; each metric is withheld while its own inputs are stale.
+    /// Also returns the inputs that are missing (stale or never seen).
+    pub fn compute(&mut self, settings: &SignalSettings, now: Instant) -> (Signal, Vec<Input>) {
         let fresh = |r: &Reading| now.saturating_duration_since(r.at) <= settings.freshness;
         // Forget readings long gone (deleted pools, replaced executors).
         let forget = settings.freshness * 10;
         self.readings
             .retain(|_, r| now.saturating_duration_since(r.at) <= forget);
-        if self.source_age(now)? > settings.freshness {
-            return None;
-        }
+        let (mut pools_fresh, mut queued_fresh, mut running_fresh) = (false, false, false);
         let mut queue_depth = 0.0;
         let (mut q_named, mut q_plain, mut q_any_named) = (0.0, 0.0, false);
         let (mut r_named, mut r_plain, mut r_any_named) = (0.0, 0.0, false);
@@ -181,33 +232,57 @@ impl SignalInputs {
                 continue;
             }
             match role {
-                Role::PoolQueued(_) => queue_depth += r.value,
+                Role::PoolQueued(_) => {
+                    queue_depth += r.value;
+                    pools_fresh = true;
+                }
                 Role::ExecutorQueued(Some(_)) => {
                     q_named += r.value;
                     q_any_named = true;
+                    queued_fresh = true;
                 }
-                Role::ExecutorQueued(None) => q_plain = r.value,
+                Role::ExecutorQueued(None) => {
+                    q_plain = r.value;
+                    queued_fresh = true;
+                }
                 Role::ExecutorRunning(Some(_)) => {
                     r_named += r.value;
                     r_any_named = true;
+                    running_fresh = true;
                 }
-                Role::ExecutorRunning(None) => r_plain = r.value,
+                Role::ExecutorRunning(None) => {
+                    r_plain = r.value;
+                    running_fresh = true;
+                }
                 Role::Heartbeat => {}
+            }
+        }
+        let mut missing = Vec::new();
+        for (input, fresh) in [
+            (Input::PoolQueuedSlots, pools_fresh),
+            (Input::ExecutorQueuedTasks, queued_fresh),
+            (Input::ExecutorRunningTasks, running_fresh),
+        ] {
+            if !fresh {
+                missing.push(input);
             }
         }
         let queued = if q_any_named { q_named } else { q_plain };
         let running = if r_any_named { r_named } else { r_plain };
-        let task_demand = (queued + running).max(0.0);
+        let task_demand = (queued_fresh && running_fresh).then(|| (queued + running).max(0.0));
         let per_worker = f64::from(settings.worker_concurrency.max(1));
-        let desired = (task_demand / per_worker).ceil().clamp(
-            f64::from(settings.min_workers),
-            f64::from(settings.max_workers.max(settings.min_workers)),
-        );
-        Some(Signal {
-            queue_depth: queue_depth.max(0.0),
+        let desired_workers = task_demand.map(|demand| {
+            (demand / per_worker).ceil().clamp(
+                f64::from(settings.min_workers),
+                f64::from(settings.max_workers.max(settings.min_workers)),
+            )
+        });
+        let signal = Signal {
+            queue_depth: pools_fresh.then_some(queue_depth.max(0.0)),
             task_demand,
-            desired_workers: desired,
-        })
+            desired_workers,
+        };
+        (signal, missing)
     }
 }
 
@@ -278,10 +353,11 @@ mod tests {
         ] {
             feed(&mut s, line, now);
         }
-        let sig = s.compute(&settings(), now).unwrap();
-        assert_eq!(sig.queue_depth, 43.0);
-        assert_eq!(sig.task_demand, 70.0);
-        assert_eq!(sig.desired_workers, 5.0); // ceil(70 / 16)
+        let (sig, missing) = s.compute(&settings(), now);
+        assert_eq!(sig.queue_depth, Some(43.0));
+        assert_eq!(sig.task_demand, Some(70.0));
+        assert_eq!(sig.desired_workers, Some(5.0)); // ceil(70 / 16)
+        assert!(missing.is_empty());
     }
 
     #[test]
@@ -290,41 +366,93 @@ mod tests {
         let now = Instant::now();
         feed(&mut s, "airflow.executor.queued_tasks:3|g", now);
         feed(&mut s, "airflow.executor.running_tasks:1000|g", now);
-        let sig = s.compute(&settings(), now).unwrap();
-        assert_eq!(sig.task_demand, 1003.0);
-        assert_eq!(sig.desired_workers, 10.0, "clamped to max");
+        let (sig, missing) = s.compute(&settings(), now);
+        assert_eq!(sig.task_demand, Some(1003.0));
+        assert_eq!(sig.desired_workers, Some(10.0), "clamped to max");
+        assert_eq!(sig.queue_depth, None, "no pool reading: withheld");
+        assert_eq!(missing, vec![Input::PoolQueuedSlots]);
         let mut lo = settings();
         lo.min_workers = 2;
         feed(&mut s, "airflow.executor.running_tasks:0|g", now);
         feed(&mut s, "airflow.executor.queued_tasks:0|g", now);
-        assert_eq!(s.compute(&lo, now).unwrap().desired_workers, 2.0);
+        assert_eq!(s.compute(&lo, now).0.desired_workers, Some(2.0));
     }
 
     #[test]
     fn withheld_when_the_source_is_silent() {
         let mut s = SignalInputs::default();
         let t0 = Instant::now();
-        assert_eq!(s.compute(&settings(), t0), None, "nothing seen yet");
+        assert!(s.compute(&settings(), t0).0.is_empty(), "nothing seen yet");
         feed(&mut s, "airflow.pool.queued_slots.default_pool:5|g", t0);
-        assert!(
+        assert_eq!(
             s.compute(&settings(), t0 + Duration::from_secs(29))
-                .is_some()
+                .0
+                .queue_depth,
+            Some(5.0)
         );
-        assert_eq!(s.compute(&settings(), t0 + Duration::from_secs(31)), None);
+        assert!(
+            s.compute(&settings(), t0 + Duration::from_secs(31))
+                .0
+                .is_empty()
+        );
         assert_eq!(
             s.source_age(t0 + Duration::from_secs(31)),
             Some(Duration::from_secs(31))
         );
-        // A stale pool stops counting while a fresh heartbeat keeps the signal alive.
+        // A heartbeat alone computes nothing: a stale pool is not an empty queue.
         feed(
             &mut s,
             "airflow.scheduler_heartbeat:1|c",
             t0 + Duration::from_secs(40),
         );
-        let sig = s
-            .compute(&settings(), t0 + Duration::from_secs(40))
-            .unwrap();
-        assert_eq!(sig.queue_depth, 0.0);
+        let (sig, missing) = s.compute(&settings(), t0 + Duration::from_secs(40));
+        assert!(sig.is_empty());
+        assert_eq!(missing, Input::ALL.to_vec());
+    }
+
+    #[test]
+    fn silent_executor_gauges_withhold_demand_but_not_queue_depth() {
+        let mut s = SignalInputs::default();
+        let t0 = Instant::now();
+        for line in [
+            "airflow.pool.queued_slots.default_pool:7|g",
+            "airflow.executor.queued_tasks:20|g",
+            "airflow.executor.running_tasks:50|g",
+        ] {
+            feed(&mut s, line, t0);
+        }
+        assert_eq!(s.compute(&settings(), t0).0.desired_workers, Some(5.0));
+        // 40 s later only the heartbeat and the pool gauges still come.
+        let t1 = t0 + Duration::from_secs(40);
+        feed(&mut s, "airflow.scheduler_heartbeat:1|c", t1);
+        feed(&mut s, "airflow.pool.queued_slots.default_pool:9|g", t1);
+        let (sig, missing) = s.compute(&settings(), t1);
+        assert_eq!(sig.queue_depth, Some(9.0));
+        assert_eq!((sig.task_demand, sig.desired_workers), (None, None));
+        assert_eq!(
+            missing,
+            vec![Input::ExecutorQueuedTasks, Input::ExecutorRunningTasks]
+        );
+        // Half the executor's inputs is not enough either: the other half is not 0.
+        feed(&mut s, "airflow.executor.queued_tasks:3|g", t1);
+        let (sig, missing) = s.compute(&settings(), t1);
+        assert_eq!(sig.desired_workers, None);
+        assert_eq!(missing, vec![Input::ExecutorRunningTasks]);
+    }
+
+    #[test]
+    fn pool_names_longer_than_airflow_allows_are_not_readings() {
+        let long = "p".repeat(MAX_POOL_NAME + 1);
+        let line = format!("airflow.pool.queued_slots.{long}:3|g");
+        assert_eq!(
+            role_of("airflow", &parse_line(line.as_bytes()).unwrap()),
+            None
+        );
+        let tagged = format!("airflow.pool.queued_slots:3|g|#pool_name:{long}");
+        assert_eq!(
+            role_of("airflow", &parse_line(tagged.as_bytes()).unwrap()),
+            Some(Role::Heartbeat)
+        );
     }
 
     #[test]
@@ -334,6 +462,6 @@ mod tests {
         feed(&mut s, "airflow.pool.queued_slots.p:5|g", now);
         feed(&mut s, "airflow.pool.queued_slots.p:+3|g", now);
         feed(&mut s, "airflow.pool.queued_slots.p:-1|g", now);
-        assert_eq!(s.compute(&settings(), now).unwrap().queue_depth, 7.0);
+        assert_eq!(s.compute(&settings(), now).0.queue_depth, Some(7.0));
     }
 }

@@ -254,7 +254,14 @@ async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silen
         "QueueDepth kept being sent while the source was silent"
     );
     let body = scrape(admin).await;
-    assert!(sample(&body, "metricship_signal_withheld_total").unwrap() >= 2.0);
+    assert!(
+        sample(
+            &body,
+            "metricship_signal_withheld_total{metric=\"QueueDepth\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
 
     // The scheduler comes back: the signal resumes.
     send(
