@@ -1,6 +1,8 @@
 //! Fuzzes logship's line parsers: arbitrary bytes are cut into lines, joined into
-//! tracebacks and encoded. Every byte must be covered exactly once, in order, and
-//! every encoded record must be valid JSON within Firehose's record limit.
+//! tracebacks (text, and Airflow 3 JSON records line by line) and encoded. Every byte
+//! must be covered exactly once, in order, and every encoded record must be valid JSON
+//! within Firehose's record limit. The same bytes as an S3 key template are checked
+//! without panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,6 +10,7 @@ use logship::record::{Assembler, FileMeta, Logical, encode, parse_airflow2};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
+    let _ = logship::output::s3::check_key_template(&text);
     let meta = FileMeta::new("/l/dag_id=d/run_id=r/task_id=t/map_index=1/attempt=2.log", 7, None);
     let mut asm = Assembler::default();
     let mut logicals: Vec<Logical> = Vec::new();

@@ -225,6 +225,70 @@ def test_logship_puts_only_to_its_stream():
     assert ("StringLikeIfExists", "s3:prefix") in _conditions(lst)
 
 
+# The IAM action each AWS SDK call of the daemons needs, from the Service Authorization
+# Reference ("Actions, resources, and condition keys for Amazon S3": HeadObject is
+# authorised by s3:GetObject, CreateMultipartUpload/UploadPart/CompleteMultipartUpload
+# by s3:PutObject, HeadBucket and ListObjectsV2 by s3:ListBucket; Firehose and
+# CloudWatch actions are named as their API calls). The kind says which resource it
+# applies to: an object below the prefix, the bucket, the stream, or "*" (CloudWatch
+# has no resource-level permissions for these).
+SDK_CALL_ACTIONS = {
+    "head_object": ("s3:GetObject", "object"),
+    "get_object": ("s3:GetObject", "object"),
+    "put_object": ("s3:PutObject", "object"),
+    "create_multipart_upload": ("s3:PutObject", "object"),
+    "upload_part": ("s3:PutObject", "object"),
+    "complete_multipart_upload": ("s3:PutObject", "object"),
+    "abort_multipart_upload": ("s3:AbortMultipartUpload", "object"),
+    "list_parts": ("s3:ListMultipartUploadParts", "object"),
+    "head_bucket": ("s3:ListBucket", "bucket"),
+    "list_objects_v2": ("s3:ListBucket", "bucket"),
+    "put_record_batch": ("firehose:PutRecordBatch", "stream"),
+    "put_record": ("firehose:PutRecord", "stream"),
+    "describe_delivery_stream": ("firehose:DescribeDeliveryStream", "stream"),
+    "put_metric_data": ("cloudwatch:PutMetricData", "*"),
+    "list_metrics": ("cloudwatch:ListMetrics", "*"),
+}
+
+# An SDK operation call: `client.<op>()` followed by its first setter (`.bucket(`,
+# `.key(`, `.delivery_stream_name(`, `.namespace(`, ...) or `.send()`.
+_SDK_CALL = re.compile(r"\.([a-z_0-9]+)\(\)\s*\.(bucket|key|delivery_stream_name|namespace|send|set_[a-z_]+|records|metric_data)\(")
+
+
+def sdk_calls(daemon):
+    calls = {}
+    for path in sorted((ROOT / "crates" / daemon / "src").rglob("*.rs")):
+        for m in _SDK_CALL.finditer(path.read_text()):
+            if m.group(1) in ("into_paginator",):  # a paginator's builder step, not a call
+                continue
+            calls.setdefault(m.group(1), path.relative_to(ROOT))
+    return calls
+
+
+@pytest.mark.parametrize("daemon", ["dagsync", "logship", "metricship"])
+def test_each_policy_allows_every_aws_call_its_daemon_makes(daemon):
+    calls = sdk_calls(daemon)
+    assert calls, f"no SDK call found in crates/{daemon}/src: is the pattern stale?"
+    unknown = {c: str(p) for c, p in calls.items() if c not in SDK_CALL_ACTIONS}
+    assert not unknown, f"{daemon} makes AWS calls this test does not know the IAM action of: {unknown}"
+    for call, path in calls.items():
+        action, kind = SDK_CALL_ACTIONS[call]
+        granted = [st for st in _statements(daemon) if action in as_list(st["actions"])]
+        assert granted, f"{daemon}'s policy lacks {action}, which {call} in {path} needs"
+        resources_ = [r for st in granted for r in as_list(st["resources"])]
+        if kind == "object":
+            assert any(r.endswith("*") and "/" in r.split(":::")[-1] for r in resources_), (daemon, call, resources_)
+        elif kind == "bucket":
+            assert any("/" not in r.split(":::")[-1] for r in resources_), (daemon, call, resources_)
+        elif kind == "stream":
+            assert resources_ == ["${var.firehose_stream_arn}"], (daemon, call, resources_)
+
+
+def test_logship_may_head_only_its_own_objects():
+    (st,) = _with_action("logship", "s3:GetObject")
+    assert as_list(st["resources"]) == ["arn:${local.partition}:s3:::${statement.value.bucket_name}/${statement.value.prefix}*"]
+
+
 def test_metricship_puts_only_in_its_namespace():
     (st,) = _with_action("metricship", "cloudwatch:PutMetricData")
     assert _conditions(st) == {("StringEquals", "cloudwatch:namespace"): ["${var.metrics_namespace}"]}

@@ -68,6 +68,9 @@ pub struct FaultPlan {
     pub seed: u64,
     /// Optional rewrite of successful answers.
     pub rewrite: Option<ResponseRewrite>,
+    /// When set, only requests whose `x-amz-target` starts with this get faults (for
+    /// example `Firehose_` to throttle Firehose while S3 through the same proxy is fine).
+    pub target: Option<&'static str>,
 }
 
 impl FaultPlan {
@@ -78,6 +81,7 @@ impl FaultPlan {
             faults: ALL_FAULTS.to_vec(),
             seed: 1,
             rewrite: None,
+            target: None,
         }
     }
 
@@ -95,6 +99,14 @@ impl FaultPlan {
             rate,
             faults: faults.to_vec(),
             ..Self::none()
+        }
+    }
+
+    /// The same plan, applied only to requests whose `x-amz-target` starts with `prefix`.
+    pub fn for_target(self, prefix: &'static str) -> Self {
+        Self {
+            target: Some(prefix),
+            ..self
         }
     }
 }
@@ -293,7 +305,16 @@ impl std::fmt::Display for Dropped {
 }
 impl std::error::Error for Dropped {}
 
-fn pick_fault(shared: &Shared) -> Option<Fault> {
+fn pick_fault(shared: &Shared, headers: &http::HeaderMap) -> Option<Fault> {
+    if let Some(prefix) = shared.plan.target {
+        let target = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !target.starts_with(prefix) {
+            return None;
+        }
+    }
     let ppm = shared.rate_ppm.load(Ordering::Relaxed);
     if ppm == 0 || shared.plan.faults.is_empty() {
         return None;
@@ -313,7 +334,7 @@ async fn handle(
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
-    let fault = pick_fault(&shared);
+    let fault = pick_fault(&shared, &parts.headers);
     if let Some(f) = fault {
         *shared.stats.injected.lock().unwrap().entry(f).or_default() += 1;
     }

@@ -36,7 +36,7 @@ pub use fault_proxy::{
     ExchangeRewrite, Fault, FaultPlan, FaultProxy, FaultStats, ResponseFix, ResponseRewrite,
 };
 pub use fuse_mount::FuseMount;
-pub use memory_cap::{CapReport, MemoryCap, taskdef_memory_mib};
+pub use memory_cap::{CapReport, CappedDaemon, MemoryCap, taskdef_memory_mib};
 pub use moto::{Moto, moto, unique_name, workspace_root};
 pub use process::{KillOnDrop, free_addr};
 pub use strict_api::{AcceptedDatum, Refusal, StrictApi};

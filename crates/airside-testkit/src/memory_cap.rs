@@ -104,7 +104,16 @@ impl MemoryCap {
     /// Starts `command` inside the group: a shell joins the group, then `exec`s the
     /// command, so the process (and its pid) is the command itself from its first
     /// instruction.
+    /// Standard streams set on `command` before this call are not kept (a `Command`'s
+    /// cannot be read back): set them on the command after [`MemoryCap::wrap`], or use
+    /// [`MemoryCap::spawn_daemon`].
     pub fn spawn(&self, command: &mut Command) -> std::io::Result<Child> {
+        self.wrap(command);
+        command.spawn()
+    }
+
+    /// Rewrites `command` so that it starts inside the group (see [`MemoryCap::spawn`]).
+    pub fn wrap(&self, command: &mut Command) {
         let program = command.get_program().to_os_string();
         let args: Vec<_> = command.get_args().map(|a| a.to_os_string()).collect();
         let procs = self.dir.join("cgroup.procs");
@@ -124,9 +133,28 @@ impl MemoryCap {
         if let Some(dir) = command.get_current_dir() {
             wrapped.current_dir(dir);
         }
-        // Standard streams cannot be read back from a Command: callers set them here.
         *command = wrapped;
-        command.spawn()
+    }
+
+    /// Starts a daemon inside the group with stdout discarded and stderr (its logs) in a
+    /// temporary file named after `name`, removed when the returned process is dropped.
+    pub fn spawn_daemon(&self, name: &str, command: &mut Command) -> CappedDaemon {
+        let log = std::env::temp_dir().join(format!(
+            "{name}-capped-{}-{}.log",
+            std::process::id(),
+            crate::unique_name("run")
+        ));
+        self.wrap(command);
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        CappedDaemon {
+            pid: child.id(),
+            child: crate::KillOnDrop::new(child),
+            log,
+        }
     }
 
     /// The limit, peak usage and OOM kills so far.
@@ -189,6 +217,28 @@ impl Drop for MemoryCap {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+/// A daemon started by [`MemoryCap::spawn_daemon`].
+pub struct CappedDaemon {
+    /// Its pid (for [`MemoryCap::peak_rss`]).
+    pub pid: u32,
+    /// The process, killed when dropped.
+    pub child: crate::KillOnDrop,
+    log: std::path::PathBuf,
+}
+
+impl CappedDaemon {
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for CappedDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

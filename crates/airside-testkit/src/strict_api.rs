@@ -105,6 +105,7 @@ pub struct StrictApi {
     accepted: Mutex<Vec<AcceptedDatum>>,
     refused: Mutex<Vec<Refusal>>,
     records_accepted: Mutex<u64>,
+    lines_accepted: Mutex<u64>,
 }
 
 impl StrictApi {
@@ -123,6 +124,12 @@ impl StrictApi {
         *self.records_accepted.lock().unwrap()
     }
 
+    /// Newline-terminated lines inside the Firehose records stored (a producer that packs
+    /// NDJSON lines into records is counted by line).
+    pub fn firehose_lines_accepted(&self) -> u64 {
+        *self.lines_accepted.lock().unwrap()
+    }
+
     pub(crate) fn on_request(&self, path: &str, headers: &HeaderMap, body: &Bytes) -> Verdict {
         let target = headers
             .get("x-amz-target")
@@ -135,16 +142,19 @@ impl StrictApi {
             }
         } else if target.ends_with(".PutRecordBatch") || target.ends_with(".PutRecord") {
             match firehose(body, target.ends_with(".PutRecordBatch")) {
-                Ok(n) => Verdict::Forward(vec![
-                    AcceptedDatum {
-                        name: String::new(),
-                        dimensions: Vec::new(),
-                        value: None,
-                        values: Vec::new(),
-                        timestamp: None,
-                    };
-                    n
-                ]),
+                // One entry per record; its value is the record's line count.
+                Ok(lines) => Verdict::Forward(
+                    lines
+                        .into_iter()
+                        .map(|n| AcceptedDatum {
+                            name: String::new(),
+                            dimensions: Vec::new(),
+                            value: Some(n as f64),
+                            values: Vec::new(),
+                            timestamp: None,
+                        })
+                        .collect(),
+                ),
                 Err(r) => Verdict::Refuse(r),
             }
         } else {
@@ -161,6 +171,8 @@ impl StrictApi {
             self.accepted.lock().unwrap().extend(accepted);
         } else {
             *self.records_accepted.lock().unwrap() += accepted.len() as u64;
+            *self.lines_accepted.lock().unwrap() +=
+                accepted.iter().filter_map(|a| a.value).sum::<f64>() as u64;
         }
     }
 }
@@ -318,8 +330,9 @@ fn put_metric_data(
     Ok(accepted)
 }
 
-/// Checks a PutRecordBatch (`batch`) or PutRecord body; returns the number of records.
-fn firehose(body: &Bytes, batch: bool) -> Result<usize, Refusal> {
+/// Checks a PutRecordBatch (`batch`) or PutRecord body; returns each record's count of
+/// newline-terminated lines.
+fn firehose(body: &Bytes, batch: bool) -> Result<Vec<usize>, Refusal> {
     let refuse = |message: String| Refusal {
         status: StatusCode::BAD_REQUEST,
         code: "InvalidArgumentException",
@@ -342,6 +355,7 @@ fn firehose(body: &Bytes, batch: bool) -> Result<usize, Refusal> {
         )));
     }
     let mut total = 0usize;
+    let mut lines = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let data = r["Data"].as_str().unwrap_or("");
         let bytes = aws_smithy_types::base64::decode(data)
@@ -353,13 +367,14 @@ fn firehose(body: &Bytes, batch: bool) -> Result<usize, Refusal> {
             )));
         }
         total += bytes.len();
+        lines.push(bytes.iter().filter(|&&b| b == b'\n').count());
     }
     if total > MAX_FIREHOSE_CALL {
         return Err(refuse(format!(
             "Request size {total} exceeds the 4 MiB limit of PutRecordBatch"
         )));
     }
-    Ok(records.len())
+    Ok(lines)
 }
 
 /// "must contain only ASCII characters and must include at least one non-whitespace
@@ -606,7 +621,10 @@ mod tests {
                 serde_json::json!({"DeliveryStreamName": "s", "Records": records}).to_string(),
             )
         };
-        assert_eq!(firehose(&batch(vec![rec(10); 500]), true).unwrap(), 500);
+        assert_eq!(
+            firehose(&batch(vec![rec(10); 500]), true).unwrap().len(),
+            500
+        );
         assert!(firehose(&batch(vec![rec(10); 501]), true).is_err());
         assert!(firehose(&batch(vec![rec(MAX_FIREHOSE_RECORD + 1)]), true).is_err());
         assert!(

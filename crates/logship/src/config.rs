@@ -98,6 +98,10 @@ pub struct ShipArgs {
     /// Roll an S3 object when it is this old.
     #[arg(long, env = "LOGSHIP_S3_MAX_OBJECT_AGE", default_value = "60s", value_parser = parse_duration)]
     pub s3_max_object_age: Duration,
+    /// Upper bound of the memory all open S3 objects hold together; beyond it the oldest
+    /// is rolled early (a per-task key template opens one object per task).
+    #[arg(long, env = "LOGSHIP_S3_MAX_BUFFERED", default_value = "16MiB", value_parser = parse_size)]
+    pub s3_max_buffered: u64,
     /// Multipart part size for large S3 objects (at least 5MiB).
     #[arg(long, env = "LOGSHIP_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub s3_part_size: u64,

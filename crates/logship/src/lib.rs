@@ -101,6 +101,21 @@ fn validate(args: &ShipArgs) -> Result<(), Error> {
     if args.s3_part_size < output::s3::MIN_PART_SIZE {
         return Err(Error::Config("--s3-part-size must be at least 5MiB".into()));
     }
+    if args
+        .outputs
+        .iter()
+        .any(|o| matches!(o, OutputSpec::S3 { .. }))
+    {
+        output::s3::check_key_template(&args.s3_key_template).map_err(Error::Config)?;
+        if args.s3_max_buffered < args.s3_part_size + output::s3::GROUP_OVERHEAD {
+            return Err(Error::Config(format!(
+                "--s3-max-buffered ({}) must hold at least one part (--s3-part-size {}) plus a compressor ({} bytes)",
+                args.s3_max_buffered,
+                args.s3_part_size,
+                output::s3::GROUP_OVERHEAD
+            )));
+        }
+    }
     if args.shutdown_timeout.is_zero() {
         return Err(Error::Config(
             "--shutdown-timeout must be above zero".into(),
@@ -128,11 +143,21 @@ pub async fn run(args: ShipArgs, shutdown: Shutdown) -> Result<(), Error> {
     validate(&args)?;
     let (ledger, restored) = Ledger::open(&args.state_dir, args.outputs.len())?;
     let ledger = Arc::new(ledger);
-    let readiness = Readiness::new("checking outputs");
+    let unreadable = tail::Unreadable::default();
+    let report = unreadable.clone();
+    let readiness = Readiness::new("checking outputs").with_detail(move || report.describe());
     let admin = AdminServer::bind(args.admin_addr, readiness.clone()).await?;
     let admin_stop = Shutdown::new();
     let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
-    let result = run_inner(args, shutdown, ledger.clone(), restored, readiness).await;
+    let result = run_inner(
+        args,
+        shutdown,
+        ledger.clone(),
+        restored,
+        readiness,
+        unreadable,
+    )
+    .await;
     // Whatever happened, keep what was acknowledged.
     if let Err(e) = ledger.persist() {
         tracing::error!(error = %e, "cannot write the final checkpoint");
@@ -148,6 +173,7 @@ async fn run_inner(
     ledger: Arc<Ledger>,
     restored: Vec<state::Entry>,
     readiness: Readiness,
+    unreadable: tail::Unreadable,
 ) -> Result<(), Error> {
     let ecs = match TaskMetadata::from_env().await {
         Some(Ok(md)) => Some(md),
@@ -198,6 +224,7 @@ async fn run_inner(
                     max_object_age: args.s3_max_object_age,
                     part_size: args.s3_part_size,
                     host: host_name(ecs.as_ref()),
+                    max_buffered: args.s3_max_buffered,
                 };
                 output::s3::S3Output::connect(client, settings, acker, &shutdown)
                     .await?
@@ -228,6 +255,7 @@ async fn run_inner(
             poll_interval: args.poll_interval,
             no_watch: args.no_watch.clone(),
             multiline_timeout: args.multiline_timeout,
+            unreadable,
         },
         ledger.clone(),
         restored,

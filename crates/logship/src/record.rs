@@ -152,11 +152,126 @@ struct Pending {
     offset: u64,
     end: u64,
     state: Tb,
-    held_blank: Option<(u64, u64)>,
+    /// A blank line after an exception line: `(offset, end, its text)` (its text is
+    /// the raw JSON record in JSON mode).
+    held_blank: Option<(u64, u64, String)>,
+    /// Set when the traceback arrives as Airflow 3 JSON records, one per line.
+    json: Option<JsonTraceback>,
+}
+
+/// A traceback that arrives one JSON record per line (Airflow 3 logs a subprocess's
+/// stderr, or a hook's output, a line at a time): the first record's fields, its
+/// logger, and the lines joined so far.
+#[derive(Debug)]
+struct JsonTraceback {
+    first: Map<String, Value>,
+    /// Which member holds the text: `event` (structlog) or `message`.
+    key: &'static str,
+    logger: Option<Value>,
+    message: String,
+    /// Whether a later record joined (otherwise the first is sent exactly as written).
+    joined: bool,
+}
+
+/// What a line does to a traceback being assembled.
+enum Step {
+    /// It belongs to it.
+    Take,
+    /// A blank line that belongs to it only if a chain marker follows.
+    HoldBlank,
+    /// It starts something else.
+    Stop,
+}
+
+/// The traceback grammar, shared by text lines and the lines carried in JSON records.
+fn step(state: &mut Tb, line: &str) -> Step {
+    match *state {
+        Tb::Open => {
+            if is_tb_start(line) {
+                *state = tb_state(line);
+                Step::Take
+            } else {
+                Step::Stop
+            }
+        }
+        Tb::Frames => {
+            if starts_indented(line) || is_tb_start(line) {
+                Step::Take
+            } else if !line.is_empty() && !is_record_start(line) {
+                *state = Tb::AfterException;
+                Step::Take
+            } else {
+                Step::Stop
+            }
+        }
+        Tb::GroupFrames | Tb::AfterException => {
+            if line.is_empty() {
+                *state = Tb::AfterExceptionBlank;
+                Step::HoldBlank
+            } else if starts_indented(line) {
+                Step::Take
+            } else {
+                Step::Stop
+            }
+        }
+        Tb::AfterExceptionBlank => {
+            if is_chain_marker(line) {
+                *state = Tb::Chain;
+                Step::Take
+            } else {
+                Step::Stop
+            }
+        }
+        Tb::Chain => {
+            if line.is_empty() {
+                Step::Take
+            } else if is_tb_start(line) {
+                *state = tb_state(line);
+                Step::Take
+            } else {
+                Step::Stop
+            }
+        }
+    }
+}
+
+/// A JSON log record as the traceback joiner reads it.
+struct JsonLine {
+    map: Map<String, Value>,
+    /// The member holding the text: `event` or `message`.
+    key: &'static str,
+    text: String,
+    logger: Option<Value>,
+}
+
+/// The text of a JSON log record and the member it is in, with the logger: `None`
+/// when the line is not a JSON object with a string `event` or `message`.
+fn json_text(line: &str) -> Option<JsonLine> {
+    let map = serde_json::from_str::<Map<String, Value>>(line).ok()?;
+    let key = if map.get("event").is_some_and(Value::is_string) {
+        "event"
+    } else if map.get("message").is_some_and(Value::is_string) {
+        "message"
+    } else {
+        return None;
+    };
+    let text = map[key].as_str().unwrap_or_default().to_string();
+    let logger = map.get("logger").cloned();
+    Some(JsonLine {
+        map,
+        key,
+        text,
+        logger,
+    })
 }
 
 /// Joins the lines of Python tracebacks into one logical record. Feed it lines in
 /// file order; it emits records in file order, covering every byte exactly once.
+///
+/// Text lines (Airflow 2) join into one text; a traceback sent as one JSON record per
+/// line (Airflow 3) joins into one JSON record: the first record's fields, and the
+/// lines' texts joined by newlines as its message. Only records of the same logger
+/// join: a line of another logger ends the traceback.
 #[derive(Debug, Default)]
 pub struct Assembler {
     pending: Option<Pending>,
@@ -200,75 +315,76 @@ impl Assembler {
     pub fn push(&mut self, line: &str, offset: u64, end: u64, out: &mut Vec<Logical>) {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some(p) = &mut self.pending {
-            let too_big = p.text.len() + line.len() > MAX_LOGICAL_BYTES;
-            let take = !too_big
-                && match p.state {
-                    Tb::Open => {
-                        if is_tb_start(line) {
-                            p.state = tb_state(line);
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    Tb::Frames => {
-                        if starts_indented(line) || is_tb_start(line) {
-                            true
-                        } else if !line.is_empty() && !is_record_start(line) {
-                            p.state = Tb::AfterException;
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    Tb::GroupFrames => {
-                        if line.is_empty() {
-                            p.held_blank = Some((offset, end));
-                            p.state = Tb::AfterExceptionBlank;
-                            return;
-                        }
-                        starts_indented(line)
-                    }
-                    Tb::AfterException => {
-                        if line.is_empty() {
-                            p.held_blank = Some((offset, end));
-                            p.state = Tb::AfterExceptionBlank;
-                            return;
-                        }
-                        starts_indented(line)
-                    }
-                    Tb::AfterExceptionBlank => {
-                        if is_chain_marker(line) {
+            if p.json.is_some() {
+                if Self::push_json(p, line, offset, end) {
+                    return;
+                }
+            } else if p.text.len() + line.len() <= MAX_LOGICAL_BYTES {
+                match step(&mut p.state, line) {
+                    Step::Take => {
+                        if p.held_blank.take().is_some() {
                             p.text.push('\n');
-                            p.held_blank = None;
-                            p.state = Tb::Chain;
-                            true
-                        } else {
-                            false
                         }
+                        p.text.push('\n');
+                        p.text.push_str(line);
+                        p.end = end;
+                        return;
                     }
-                    Tb::Chain => {
-                        if line.is_empty() {
-                            true
-                        } else if is_tb_start(line) {
-                            p.state = tb_state(line);
-                            true
-                        } else {
-                            false
-                        }
+                    Step::HoldBlank => {
+                        p.held_blank = Some((offset, end, String::new()));
+                        return;
                     }
-                };
-            if take {
-                p.text.push('\n');
-                p.text.push_str(line);
-                p.end = end;
-                return;
+                    Step::Stop => {}
+                }
             }
             self.flush(out);
         }
-        if line.is_empty() || line.starts_with('{') {
+        if line.starts_with('{') {
+            // Most JSON records are not a traceback's first line: only those that
+            // mention one are parsed here (encode parses each record anyway).
+            if memchr::memmem::find(line.as_bytes(), b"(most recent call last):").is_some()
+                && let Some(JsonLine {
+                    map: first,
+                    key,
+                    text,
+                    logger,
+                }) = json_text(line)
+                && is_tb_start(&text)
+            {
+                // The record may hold the whole traceback already: its state is where
+                // all of its lines leave the grammar.
+                let mut state = Tb::Open;
+                for l in text.split('\n') {
+                    if matches!(step(&mut state, l), Step::Stop) {
+                        break;
+                    }
+                }
+                self.pending = Some(Pending {
+                    text: line.to_string(),
+                    offset,
+                    end,
+                    state,
+                    held_blank: None,
+                    json: Some(JsonTraceback {
+                        first,
+                        key,
+                        logger,
+                        message: text,
+                        joined: false,
+                    }),
+                });
+                return;
+            }
             out.push(Logical {
                 text: line.to_string(),
+                offset,
+                end,
+            });
+            return;
+        }
+        if line.is_empty() {
+            out.push(Logical {
+                text: String::new(),
                 offset,
                 end,
             });
@@ -285,23 +401,74 @@ impl Assembler {
             end,
             state,
             held_blank: None,
+            json: None,
         });
+    }
+
+    /// Offers `line` to a traceback arriving as JSON records; returns whether it joined.
+    fn push_json(p: &mut Pending, line: &str, offset: u64, end: u64) -> bool {
+        let Some(tb) = &mut p.json else { return false };
+        let Some(JsonLine { text, logger, .. }) = json_text(line) else {
+            return false;
+        };
+        if logger != tb.logger || tb.message.len() + text.len() > MAX_LOGICAL_BYTES {
+            return false;
+        }
+        if text.is_empty() {
+            return match step(&mut p.state, "") {
+                Step::HoldBlank => {
+                    p.held_blank = Some((offset, end, line.to_string()));
+                    true
+                }
+                Step::Take => {
+                    Self::join(p, "", end);
+                    true
+                }
+                Step::Stop => false,
+            };
+        }
+        // Every line of the record must belong to the traceback, or none joins.
+        let mut state = p.state;
+        for l in text.split('\n') {
+            if !matches!(step(&mut state, l), Step::Take) {
+                return false;
+            }
+        }
+        p.state = state;
+        Self::join(p, &text, end);
+        true
+    }
+
+    fn join(p: &mut Pending, text: &str, end: u64) {
+        let Some(tb) = &mut p.json else { return };
+        if p.held_blank.take().is_some() {
+            tb.message.push('\n');
+        }
+        tb.message.push('\n');
+        tb.message.push_str(text);
+        tb.joined = true;
+        p.end = end;
     }
 
     /// Emits the waiting record (and a held blank line), if any.
     pub fn flush(&mut self, out: &mut Vec<Logical>) {
         if let Some(p) = self.pending.take() {
+            let text = match p.json {
+                // A traceback of a single record stays exactly as written.
+                Some(tb) if tb.joined => {
+                    let mut first = tb.first;
+                    first.insert(tb.key.to_string(), Value::String(tb.message));
+                    Value::Object(first).to_string()
+                }
+                _ => p.text,
+            };
             out.push(Logical {
-                text: p.text,
+                text,
                 offset: p.offset,
                 end: p.end,
             });
-            if let Some((offset, end)) = p.held_blank {
-                out.push(Logical {
-                    text: String::new(),
-                    offset,
-                    end,
-                });
+            if let Some((offset, end, text)) = p.held_blank {
+                out.push(Logical { text, offset, end });
             }
         }
     }
@@ -595,6 +762,106 @@ mod tests {
         out
     }
 
+    /// The message of each record `encode` writes for `recs`, and its `fields.logger`.
+    fn messages(recs: &[Logical]) -> Vec<(String, Value)> {
+        let meta = FileMeta::new("/l/dag_id=d/run_id=r/task_id=t/attempt=1.log", 7, None);
+        recs.iter()
+            .map(|r| {
+                let (mut out, mut ends) = (Vec::new(), Vec::new());
+                encode(r, &meta, "NOW", &mut out, &mut ends);
+                assert_eq!(ends.len(), 1);
+                let v: Value = serde_json::from_slice(&out).unwrap();
+                (
+                    v["message"].as_str().unwrap().to_string(),
+                    v["fields"]["logger"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn airflow3_json_tracebacks_join_per_logger() {
+        let text = include_str!("../tests/fixtures/airflow3_subprocess_traceback.log");
+        let recs = assemble(text);
+        let got = messages(&recs);
+        let hook = "airflow.task.hooks.airflow.providers.standard.hooks.subprocess.SubprocessHook";
+        let summary: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(m, l)| (m.lines().next().unwrap_or(""), l.as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "Running command: ['/usr/bin/bash', '-c', 'python /opt/airflow/dags/scripts/export.py']",
+                    hook
+                ),
+                ("Output:", hook),
+                ("Traceback (most recent call last):", hook),
+                ("Command exited with return code 1", hook),
+                ("Task failed with exception", "task"),
+                ("Traceback (most recent call last):", "task.stderr"),
+                (
+                    "Marking task as FAILED. dag_id=etl_orders, task_id=export",
+                    "task"
+                ),
+                ("    raise AirflowException(msg)", "task.stderr"),
+                (
+                    "airflow.exceptions.AirflowException: Bash command failed.",
+                    "task.stderr"
+                ),
+                ("Task instance in failure state", "task.stdout"),
+            ]
+        );
+        // The chained traceback is one record of 14 lines, ending with the last exception.
+        assert_eq!(got[2].0.lines().count(), 14);
+        assert!(
+            got[2]
+                .0
+                .ends_with("RuntimeError: export of orders_clean failed — Zeitüberschreitung")
+        );
+        assert!(
+            got[2]
+                .0
+                .contains("\n\nDuring handling of the above exception")
+        );
+        // Nothing lost or reordered: the messages are every record's event, in order.
+        let events: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let joined: Vec<String> = got.iter().map(|(m, _)| m.clone()).collect();
+        assert_eq!(joined.join("\n"), events.join("\n"));
+        // Every byte once, in order.
+        let mut offset = 0;
+        for r in &recs {
+            assert_eq!(r.offset, offset);
+            offset = r.end;
+        }
+        assert_eq!(offset, text.len() as u64);
+        // The joined record keeps the first record's fields (its timestamp and level).
+        let meta = FileMeta::new("/x.log", 1, None);
+        let (mut out, mut ends) = (Vec::new(), Vec::new());
+        encode(&recs[2], &meta, "NOW", &mut out, &mut ends);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timestamp"], "2026-11-21T00:10:03.000Z");
+    }
+
+    #[test]
+    fn a_json_record_holding_a_whole_traceback_stays_as_written() {
+        let whole = r#"{"event":"Traceback (most recent call last):\n  File \"a.py\", line 1\nValueError: x","logger":"task"}"#;
+        let next = r#"{"event":"Marking task as FAILED","logger":"task"}"#;
+        let recs = assemble(&format!("{whole}\n{next}\n"));
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(recs[0].text, whole);
+        assert_eq!(recs[1].text, next);
+    }
+
     #[test]
     fn airflow_fields_from_layout() {
         let f = AirflowFields::from_path(
@@ -831,6 +1098,46 @@ RuntimeError: load failed
             prop_assert_eq!(offset, text.len() as u64);
             let joined: String = recs.iter().map(|r| format!("{}\n", r.text)).collect();
             prop_assert_eq!(joined, text);
+        }
+
+        #[test]
+        fn json_tracebacks_lose_and_reorder_nothing(lines in proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("Traceback (most recent call last):".to_string()),
+                    Just("  File \"x.py\", line 1".to_string()),
+                    Just("ValueError: x".to_string()),
+                    Just(String::new()),
+                    Just("During handling of the above exception, another exception occurred:".to_string()),
+                    "\\PC{0,20}",
+                ],
+                prop_oneof![Just("task"), Just("task.stderr"), Just("hook")],
+            ),
+            0..40,
+        )) {
+            let text: String = lines
+                .iter()
+                .map(|(e, l)| format!("{}\n", serde_json::json!({"event": e, "logger": l})))
+                .collect();
+            let recs = assemble(&text);
+            let mut offset = 0;
+            for r in &recs {
+                prop_assert_eq!(r.offset, offset);
+                offset = r.end;
+            }
+            prop_assert_eq!(offset, text.len() as u64);
+            let got = messages(&recs);
+            let events: Vec<&str> = lines.iter().map(|(e, _)| e.as_str()).collect();
+            let joined: Vec<&str> = got.iter().map(|(m, _)| m.as_str()).collect();
+            prop_assert_eq!(joined.join("\n"), events.join("\n"));
+            // A joined record holds lines of one logger only.
+            let mut i = 0;
+            for (m, logger) in &got {
+                for _ in 0..m.split('\n').count() {
+                    prop_assert_eq!(logger.as_str().unwrap(), lines[i].1);
+                    i += 1;
+                }
+            }
         }
 
         #[test]

@@ -81,8 +81,67 @@ pub struct TailSettings {
     pub poll_interval: Duration,
     /// Base directories at or below these are never watched.
     pub no_watch: Vec<PathBuf>,
-    /// How long a traceback waits for its next line.
+    /// How long a traceback waits for its next line; also how long a file must be quiet
+    /// before a last line without a newline is taken as complete.
     pub multiline_timeout: Duration,
+    /// Files and folders that cannot be read, shared with `/readyz`.
+    pub unreadable: Unreadable,
+}
+
+/// Files and folders under the globs that logship cannot read, with why: shown on
+/// `/readyz`'s body, counted, and logged once each.
+#[derive(Debug, Clone, Default)]
+pub struct Unreadable(Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>);
+
+impl Unreadable {
+    /// `/readyz` lines, one per unreadable path (empty when all can be read).
+    pub fn describe(&self) -> String {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for (path, why) in map.iter().take(20) {
+            out.push_str(&format!("unreadable: {path} ({why})\n"));
+        }
+        if map.len() > 20 {
+            out.push_str(&format!("unreadable: {} more\n", map.len() - 20));
+        }
+        out
+    }
+
+    /// The paths now unreadable.
+    pub fn paths(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// Replaces the set with what the last walk found; logs each change once.
+    fn update(&self, now: std::collections::BTreeMap<String, String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, why) in &now {
+            if !map.contains_key(path) {
+                metrics::counter!("logship_files_unreadable_total").increment(1);
+                tracing::warn!(
+                    path = %path,
+                    error = %why,
+                    uid = nix_uid(),
+                    "cannot read a log file or folder: nothing in it is shipped until it can be read (logship's user needs read permission on files and read+execute on folders; Airflow's default umask and uid 50000 leave them unreadable to other users)"
+                );
+            }
+        }
+        for path in map.keys() {
+            if !now.contains_key(path) {
+                tracing::info!(path = %path, "readable again (or gone)");
+            }
+        }
+        *map = now;
+        metrics::gauge!("logship_files_unreadable").set(map.len() as f64);
+    }
+}
+
+/// This process's uid, for the unreadable-file warning.
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// The tailer stopped.
@@ -167,6 +226,15 @@ pub struct Tailer {
     awaiting_first_line: Vec<PathBuf>,
     /// A data event arrived while some file was awaiting its first line.
     recheck_awaiting: bool,
+    /// Files without a newline yet, by inode: their size, and since when it has not
+    /// changed. Quiet for `--multiline-timeout`, their content is a complete line.
+    unterminated_since: HashMap<(u64, u64), (u64, Instant)>,
+    /// At shutdown: a file with only an unterminated line is followed at once.
+    take_unterminated_now: bool,
+    /// When the unterminated files were last looked at for being quiet long enough.
+    unterminated_checked: Instant,
+    /// Unreadable paths found by the walk in progress.
+    unreadable_now: std::collections::BTreeMap<String, String>,
 }
 
 /// The directory to walk for a glob: its components up to the first one with a
@@ -188,6 +256,14 @@ pub fn glob_base(glob: &str) -> PathBuf {
         base.push(".");
     }
     base
+}
+
+/// The fingerprint of a file that has no complete first line: all of its first bytes.
+fn whole_fingerprint(file: &File, len: u64) -> Option<(u64, u32)> {
+    let mut head = [0u8; FINGERPRINT_BYTES];
+    let want = (len as usize).min(FINGERPRINT_BYTES);
+    let n = file.read_at(&mut head[..want], 0).ok()?;
+    (n > 0).then(|| (record::fnv1a(0, &head[..n]), n as u32))
 }
 
 fn fingerprint(file: &File, len: u64) -> Option<(u64, u32)> {
@@ -274,6 +350,10 @@ impl Tailer {
             walk_requested: false,
             awaiting_first_line: Vec::new(),
             recheck_awaiting: false,
+            unterminated_since: HashMap::new(),
+            take_unterminated_now: false,
+            unterminated_checked: Instant::now(),
+            unreadable_now: Default::default(),
         };
         let (tx, rx) = mpsc::channel(256);
         tailer.events_tx = tx;
@@ -361,9 +441,26 @@ impl Tailer {
             // A traceback waiting for its next line is sent when --multiline-timeout
             // is up, not at the next event or poll, which may be much later.
             let multiline = self.next_multiline_deadline();
+            // A file holding only a line without a newline is looked at again when it
+            // has been quiet for --multiline-timeout, not at the next poll.
+            let checked = self.unterminated_checked;
+            let unterminated = self
+                .unterminated_since
+                .values()
+                .filter(|(len, _)| *len > 0)
+                .map(|(_, since)| *since + self.settings.multiline_timeout)
+                .filter(|due| *due > checked)
+                .min()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = crate::sleep_until_some(multiline), if multiline.is_some() => {}
+                _ = crate::sleep_until_some(unterminated), if unterminated.is_some() => {
+                    // Each due time wakes the tailer once (a file that still cannot be
+                    // followed then waits for the next walk).
+                    self.unterminated_checked = Instant::now();
+                    self.recheck_awaiting = !self.awaiting_first_line.is_empty();
+                }
                 ev = events.recv() => {
                     if ev == Some(true) {
                         self.walk_requested = true;
@@ -383,7 +480,7 @@ impl Tailer {
     fn next_multiline_deadline(&self) -> Option<tokio::time::Instant> {
         self.streams
             .values()
-            .filter(|st| st.asm.has_pending())
+            .filter(|st| st.asm.has_pending() || !st.partial.is_empty())
             .map(|st| st.last_data + self.settings.multiline_timeout)
             .min()
             .map(tokio::time::Instant::from_std)
@@ -392,8 +489,17 @@ impl Tailer {
     /// Reads every followed file up to its size at this moment, sends what is left
     /// (including tracebacks still waiting for lines) and stops.
     async fn drain(&mut self) -> Result<(), TailError> {
-        // No new files from here on: only those already followed are finished.
+        // No new files from here on: only those already followed are finished, and
+        // those holding only a line without a newline, which is complete now.
         self.watchers.clear();
+        self.take_unterminated_now = true;
+        for path in std::mem::take(&mut self.awaiting_first_line) {
+            if let Ok(md) = std::fs::metadata(&path)
+                && md.is_file()
+            {
+                self.found(path, &md, "shutdown");
+            }
+        }
         let mut targets = HashMap::new();
         for st in self.streams.values_mut() {
             if st.file.is_none()
@@ -429,6 +535,8 @@ impl Tailer {
         for id in ids {
             let st = self.streams.get_mut(&id).expect("id from keys");
             let mut logicals = std::mem::take(&mut self.logicals);
+            // The last line of a file that ends without a newline is complete now.
+            take_partial_line(st, &mut logicals);
             st.asm.flush(&mut logicals);
             let chunk = encode_chunk(st, &mut logicals, &now);
             self.logicals = logicals;
@@ -485,8 +593,17 @@ impl Tailer {
         for base in &self.bases {
             let mut stack = vec![base.clone()];
             while let Some(dir) = stack.pop() {
-                let Ok(rd) = std::fs::read_dir(&dir) else {
-                    continue;
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) => {
+                        // A base that does not exist (yet) is normal; anything else
+                        // hides whatever logs are below it.
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            self.unreadable_now
+                                .insert(dir.display().to_string(), e.to_string());
+                        }
+                        continue;
+                    }
                 };
                 for ent in rd.flatten() {
                     let Ok(ft) = ent.file_type() else { continue };
@@ -508,6 +625,10 @@ impl Tailer {
             seen.insert(key);
             self.found(path, &md, why);
         }
+        self.settings
+            .unreadable
+            .update(std::mem::take(&mut self.unreadable_now));
+        self.unterminated_since.retain(|k, _| seen.contains(k));
         for st in self.streams.values_mut() {
             if seen.contains(&(st.dev, st.ino)) {
                 st.gone_since = None;
@@ -535,20 +656,51 @@ impl Tailer {
             }
             return;
         }
-        let Ok(file) = File::open(&path) else { return };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    self.unreadable_now
+                        .insert(path.display().to_string(), e.to_string());
+                }
+                return;
+            }
+        };
         match file.metadata() {
             Ok(m) if (m.dev(), m.ino()) == key => {}
             _ => return, // replaced between the walk and the open: next walk
         }
-        let Some((fp, fp_len)) = fingerprint(&file, md.len()) else {
+        let Some((fp, fp_len)) = fingerprint(&file, md.len()).or_else(|| {
+            // No newline yet. A file whose only content is a line without a newline is
+            // followed once it has been quiet for --multiline-timeout (as a held last
+            // line is), or at shutdown: its fingerprint is then all of its bytes.
+            let len = md.len();
+            let since = self
+                .unterminated_since
+                .entry(key)
+                .or_insert((len, Instant::now()));
+            if since.0 != len {
+                *since = (len, Instant::now());
+            }
+            let quiet = since.1.elapsed() >= self.settings.multiline_timeout;
+            (len > 0 && (quiet || self.take_unterminated_now))
+                .then(|| whole_fingerprint(&file, len))
+                .flatten()
+        }) else {
             self.awaiting_first_line.push(path);
             return;
         };
+        self.unterminated_since.remove(&key);
         let now = Instant::now();
         let path_text = path.to_string_lossy().to_string();
-        // 1. The same file as before a restart.
+        // 1. The same file as before a restart. (A file first fingerprinted while it
+        //    held only an unterminated line has a shorter fingerprint than its first
+        //    line now: its first bytes decide.)
         if let Some(e) = self.restored.remove(&key) {
-            if e.fp == fp && e.fp_len == fp_len {
+            let same = (e.fp == fp && e.fp_len == fp_len)
+                || (e.fp_len < fp_len && same_start(&file, e.fp, e.fp_len));
+            if same {
+                let (fp, fp_len) = (e.fp, e.fp_len);
                 let meta = Arc::new(FileMeta::new(&e.path, e.id, self.ecs.as_ref()));
                 tracing::info!(path = %path_text, offset = e.offset, "resuming from checkpoint");
                 self.follow(
@@ -829,7 +981,11 @@ fn read_stream(
         return Read::Truncated;
     }
     if len == st.read_off {
-        if st.asm.has_pending() && st.last_data.elapsed() >= settings.multiline_timeout {
+        let quiet = st.last_data.elapsed() >= settings.multiline_timeout;
+        if quiet && (st.asm.has_pending() || !st.partial.is_empty()) {
+            // A last line without a newline, quiet this long, is a whole line: Airflow
+            // writes a line at once, and a task killed mid-line never ends it.
+            take_partial_line(st, logicals);
             st.asm.flush(logicals);
             return Read::Data(encode_chunk(st, logicals, now), 0);
         }
@@ -893,6 +1049,14 @@ fn read_stream(
         push_line(st, &line, false, logicals);
     }
     Read::Data(encode_chunk(st, logicals, now), n)
+}
+
+/// Takes a held line without a newline as complete (bytes appended later start a new line).
+fn take_partial_line(st: &mut Stream, logicals: &mut Vec<Logical>) {
+    if !st.partial.is_empty() {
+        let line = std::mem::take(&mut st.partial);
+        push_line(st, &line, false, logicals);
+    }
 }
 
 fn push_line(st: &mut Stream, line: &[u8], newline: bool, logicals: &mut Vec<Logical>) {

@@ -63,7 +63,10 @@ data "aws_iam_policy_document" "dagsync" {
 }
 
 # logship: PutRecordBatch on its one stream (DescribeDeliveryStream is its start-up
-# check), and optionally PutObject (+ multipart) below its S3 prefix.
+# check), and optionally PutObject (+ multipart) below its S3 prefix, with GetObject
+# there for HeadObject: a retried CompleteMultipartUpload whose first try succeeded
+# answers NoSuchUpload, and logship asks HeadObject whether the object exists (HeadObject
+# needs s3:GetObject; without it the answer is 403 and the retry turns into a failure).
 data "aws_iam_policy_document" "logship" {
   statement {
     sid       = "PutLogRecords"
@@ -77,6 +80,7 @@ data "aws_iam_policy_document" "logship" {
       sid = "WriteLogObjects"
       actions = [
         "s3:PutObject",
+        "s3:GetObject",
         "s3:AbortMultipartUpload",
         "s3:ListMultipartUploadParts",
       ]

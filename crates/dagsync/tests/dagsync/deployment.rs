@@ -3,10 +3,10 @@
 //! folder shared by many tasks.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use airside_testkit::{FaultPlan, FaultProxy, KillOnDrop, MemoryCap, Moto, free_addr, moto};
+use airside_testkit::{FaultPlan, FaultProxy, MemoryCap, Moto, free_addr, moto};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use md5::{Digest, Md5};
@@ -311,10 +311,6 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
     let cap = MemoryCap::for_container("worker", "dagsync");
     let dest = tempfile::tempdir().unwrap();
     let admin_addr = free_addr();
-    let log = dest
-        .path()
-        .join("..")
-        .join(format!("dagsync-capped-{}.log", std::process::id()));
     // The binary the image ships: a debug build's memory says little about production.
     let mut cmd = Command::new(airside_testkit::dist_binary("dagsync"));
     cmd.args([
@@ -327,25 +323,17 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
     ])
     .envs(Moto::env_for(&moto().endpoint()))
     .env("DAGSYNC_LOG_FORMAT", "json");
-    let child = cap
-        .spawn(
-            cmd.stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap()),
-        )
-        .unwrap();
-    let pid = child.id();
-    let mut child = KillOnDrop::new(child);
-    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut daemon = cap.spawn_daemon("dagsync", &mut cmd);
     let synced = wait_until(Duration::from_secs(240), || {
-        http_get(admin_addr, "/readyz").0 == 200 || child.try_wait().unwrap().is_some()
+        http_get(admin_addr, "/readyz").0 == 200 || daemon.child.try_wait().unwrap().is_some()
     });
-    let peak_rss = MemoryCap::peak_rss(pid);
+    let peak_rss = MemoryCap::peak_rss(daemon.pid);
     let report = cap.assert_no_oom("dagsync");
-    assert!(synced, "no sync within 240 s:\n{}", logs());
+    assert!(synced, "no sync within 240 s:\n{}", daemon.logs());
     assert!(
-        child.try_wait().unwrap().is_none(),
+        daemon.child.try_wait().unwrap().is_none(),
         "dagsync exited under the memory limit: {report:?}\n{}",
-        logs()
+        daemon.logs()
     );
     let peak_rss = peak_rss.expect("VmHWM of a running process");
     println!(
@@ -355,9 +343,11 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
         report.peak as f64 / 1048576.0
     );
     assert_eq!(snapshot(dest.path()), expected_tree(&objects, "big/"));
-    child.sigterm();
-    child.wait_exit(Duration::from_secs(15)).expect("stops");
-    let _ = std::fs::remove_file(&log);
+    daemon.child.sigterm();
+    daemon
+        .child
+        .wait_exit(Duration::from_secs(15))
+        .expect("stops");
 }
 
 /// [`snapshot`] of a folder other processes keep renaming files into: through FUSE (as on

@@ -47,7 +47,14 @@ pub struct S3Settings {
     pub part_size: u64,
     /// The host name used in keys.
     pub host: String,
+    /// Upper bound of what all open objects hold in memory together (compressed bytes
+    /// plus each compressor's state); beyond it the oldest object is rolled early.
+    pub max_buffered: u64,
 }
+
+/// What one open object's gzip compressor holds besides its output (window, hash
+/// chains, pending buffer at level 1), rounded up.
+pub const GROUP_OVERHEAD: u64 = 320 * 1024;
 
 /// The S3 output.
 pub struct S3Output {
@@ -66,6 +73,58 @@ struct Group {
     raw: u64,
     acks: HashMap<u64, u64>,
     upload: Option<(String, Vec<CompletedPart>)>,
+}
+
+/// The placeholders a key template may use.
+pub const PLACEHOLDERS: &[&str] = &[
+    "{dag_id}",
+    "{run_id}",
+    "{task_id}",
+    "{map_index}",
+    "{try_number}",
+    "{yyyy}",
+    "{mm}",
+    "{dd}",
+    "{hh}",
+    "{mi}",
+    "{ss}",
+    "{host}",
+    "{uuid}",
+];
+
+/// Refuses a key template that could give two objects the same key: PutObject replaces
+/// an object of the same key, and the checkpoints would still advance past the records
+/// the replaced object held, so they would be lost. Only `{uuid}` makes every key new:
+/// time fields repeat when two objects of one group roll within the same second (a size
+/// roll, then the shutdown close), and `{host}` repeats when a task restarts.
+pub fn check_key_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c + 1)
+            .ok_or_else(|| format!("--s3-key-template {template:?} has a '{{' without its '}}'"))?;
+        let placeholder = &rest[open..close];
+        if !PLACEHOLDERS.contains(&placeholder) {
+            return Err(format!(
+                "--s3-key-template {template:?} uses {placeholder}, which is not a placeholder (use {})",
+                PLACEHOLDERS.join(" ")
+            ));
+        }
+        rest = &rest[close..];
+    }
+    if !template.contains("{uuid}") {
+        return Err(format!(
+            "--s3-key-template {template:?} has no {{uuid}}: two objects could get the same key, and the second PutObject would replace the first, losing logs already acknowledged (time fields repeat within a second, {{host}} across restarts); add {{uuid}}, as the default does: {}",
+            crate::config::DEFAULT_KEY_TEMPLATE
+        ));
+    }
+    if template.starts_with('/') || template.is_empty() {
+        return Err(format!(
+            "--s3-key-template {template:?} must not be empty or start with '/'"
+        ));
+    }
+    Ok(())
 }
 
 /// Renders the Airflow placeholders of a key template; time, host and uuid stay.
@@ -154,7 +213,10 @@ impl S3Output {
         loop {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
-                    Some(chunk) => self.add(&mut groups, &chunk, &mut retrier).await?,
+                    Some(chunk) => {
+                        self.add(&mut groups, &chunk, &mut retrier).await?;
+                        self.bound_buffers(&mut groups, &mut retrier).await?;
+                    }
                     None => {
                         for (_, g) in groups.drain() {
                             self.close(g, &mut retrier).await?;
@@ -217,6 +279,39 @@ impl S3Output {
             let g = groups.remove(&gk).expect("just used");
             self.close(g, retrier).await?;
         }
+        Ok(())
+    }
+
+    /// Rolls the oldest open objects early while all of them together hold more than
+    /// `--s3-max-buffered`: with a per-task key template, a backlog replay opens an
+    /// object per task, and each holds its compressor and its not yet uploaded part.
+    async fn bound_buffers(
+        &self,
+        groups: &mut HashMap<String, Group>,
+        retrier: &mut Retrier,
+    ) -> Result<(), OutputError> {
+        let held = |groups: &HashMap<String, Group>| -> u64 {
+            groups
+                .values()
+                .map(|g| g.gz.get_ref().len() as u64 + GROUP_OVERHEAD)
+                .sum()
+        };
+        let mut total = held(groups);
+        while total > self.settings.max_buffered && groups.len() > 1 {
+            let oldest = groups
+                .iter()
+                .min_by_key(|(_, g)| g.opened)
+                .map(|(k, _)| k.clone())
+                .expect("more than one group");
+            let g = groups.remove(&oldest).expect("key from map");
+            metrics::counter!("logship_s3_early_rolls_total", "output" => self.name.clone())
+                .increment(1);
+            tracing::debug!(key = %g.key, buffered = total, "rolling the oldest object early to bound memory");
+            self.close(g, retrier).await?;
+            total = held(groups);
+        }
+        metrics::gauge!("logship_s3_buffered_bytes", "output" => self.name.clone())
+            .set(total as f64);
         Ok(())
     }
 
@@ -359,6 +454,33 @@ impl S3Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_that_could_repeat_a_key_are_refused() {
+        assert_eq!(
+            check_key_template(crate::config::DEFAULT_KEY_TEMPLATE),
+            Ok(())
+        );
+        assert_eq!(
+            check_key_template("{dag_id}/{run_id}/{task_id}/{try_number}-{uuid}.gz"),
+            Ok(())
+        );
+        for bad in [
+            "logs/{dag_id}/{task_id}.ndjson.gz",
+            "{yyyy}/{mm}/{dd}/{hh}{mi}{ss}.ndjson.gz",
+            "{host}-{hh}{mi}{ss}.gz",
+        ] {
+            let e = check_key_template(bad).unwrap_err();
+            assert!(e.contains("{uuid}"), "{e}");
+        }
+        assert!(
+            check_key_template("{dagid}/{uuid}")
+                .unwrap_err()
+                .contains("{dagid}")
+        );
+        assert!(check_key_template("{uuid").is_err());
+        assert!(check_key_template("/{uuid}").is_err());
+    }
 
     #[test]
     fn keys_render_fields_and_time() {

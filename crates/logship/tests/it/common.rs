@@ -22,6 +22,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts logship with `args` (plus --admin-addr) talking to `endpoint`.
     pub fn start(args: &[String], endpoint: &str, log_dir: &Path, capture_stdout: bool) -> Self {
+        Self::start_as(args, endpoint, log_dir, capture_stdout, None)
+    }
+
+    /// Like [`Daemon::start`], as user `uid` (group the same) when given: the images run
+    /// logship as 65532, and only a non-root process meets file permissions.
+    pub fn start_as(
+        args: &[String],
+        endpoint: &str,
+        log_dir: &Path,
+        capture_stdout: bool,
+        uid: Option<u32>,
+    ) -> Self {
         let admin = free_addr();
         let stderr = log_dir.join(format!("logship-{}.stderr", unique_name("run")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logship"));
@@ -35,6 +47,10 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap());
         for (k, v) in Moto::env_for(endpoint) {
             cmd.env(k, v);
+        }
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
         }
         cmd.stdout(if capture_stdout {
             Stdio::piped()

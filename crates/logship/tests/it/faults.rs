@@ -219,6 +219,18 @@ async fn missing_destinations_exit_2_and_denied_exits_3() {
         let status = d.wait_exit(Duration::from_secs(30)).await;
         assert_eq!(status.code(), Some(2), "{out}:\n{}", d.stderr_text());
     }
+    // A key template that renders the same key at every roll would overwrite shipped
+    // objects: refused before anything is read, saying why.
+    let bucket = create_bucket().await;
+    let mut args = base(format!("s3://{bucket}/logs"));
+    args.extend([
+        s("--s3-key-template"),
+        s("{dag_id}/{task_id}/{yyyy}{mm}{dd}.ndjson.gz"),
+    ]);
+    let mut d = Daemon::start(&args, &moto().endpoint(), tmp.path(), false);
+    let status = d.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{}", d.stderr_text());
+    assert!(d.stderr_text().contains("{uuid}"), "{}", d.stderr_text());
     let proxy = FaultProxy::start(
         &moto().endpoint(),
         FaultPlan::only(1.0, &[Fault::AccessDenied]),

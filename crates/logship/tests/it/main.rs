@@ -4,6 +4,7 @@
 
 mod common;
 mod delivery;
+mod deployment;
 mod faults;
 mod lifecycle;
 mod rotation;
