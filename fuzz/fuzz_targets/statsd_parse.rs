@@ -13,6 +13,9 @@ use metricship::rules;
 use metricship::signal::SignalSettings;
 use metricship::statsd::{lines, parse_line};
 
+/// The catalogue is parsed once: building it per input made each run cost milliseconds.
+static CATALOGUE: std::sync::OnceLock<Arc<metricship::mapping::Mapper>> = std::sync::OnceLock::new();
+
 fuzz_target!(|data: &[u8]| {
     for line in lines(data) {
         if let Ok(l) = parse_line(line) {
@@ -21,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut agg = Aggregator::new(
-        Arc::new(metricship::catalogue::airflow("airflow").expect("catalogue loads")),
+        CATALOGUE
+            .get_or_init(|| {
+                Arc::new(metricship::catalogue::airflow("airflow").expect("catalogue loads"))
+            })
+            .clone(),
         AggregatorSettings {
             max_series: 64,
             ttl: Duration::from_secs(1),

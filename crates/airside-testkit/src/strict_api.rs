@@ -106,9 +106,17 @@ pub struct StrictApi {
     refused: Mutex<Vec<Refusal>>,
     records_accepted: Mutex<u64>,
     lines_accepted: Mutex<u64>,
+    also_reject: Mutex<Vec<String>>,
 }
 
 impl StrictApi {
+    /// From now on, a PutMetricData request holding a datum of metric `name` is refused
+    /// (400 InvalidParameterValue) as if it broke a rule: a stand-in for a CloudWatch rule
+    /// the client does not know, to test how it narrows a rejected request down.
+    pub fn also_reject(&self, name: &str) {
+        self.also_reject.lock().unwrap().push(name.to_string());
+    }
+
     /// Every datum moto stored through this proxy, in order.
     pub fn accepted(&self) -> Vec<AcceptedDatum> {
         self.accepted.lock().unwrap().clone()
@@ -136,8 +144,16 @@ impl StrictApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let verdict = if path.ends_with("/operation/PutMetricData") {
+            let extra = self.also_reject.lock().unwrap().clone();
             match put_metric_data(headers, body, SystemTime::now()) {
-                Ok(datums) => Verdict::Forward(datums),
+                Ok(datums) => match datums.iter().position(|d| extra.contains(&d.name)) {
+                    Some(i) => Verdict::Refuse(invalid(format!(
+                        "The value {} for parameter MetricData.member.{}.MetricName is invalid.",
+                        datums[i].name,
+                        i + 1
+                    ))),
+                    None => Verdict::Forward(datums),
+                },
                 Err(r) => Verdict::Refuse(r),
             }
         } else if target.ends_with(".PutRecordBatch") || target.ends_with(".PutRecord") {

@@ -187,6 +187,57 @@ async fn poisoned_statsd_never_costs_the_signal() {
     );
 }
 
+/// A datum CloudWatch rejects by a rule metricship does not know costs that datum only:
+/// the rejected request is halved until the datum is alone, and the rest is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_rejected_for_one_datum_is_narrowed_down_to_it() {
+    airside_core::telemetry::init(airside_core::config::LogFormat::Text, "warn");
+    let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
+    proxy.strict_api().also_reject("airflow_pool_open_slots");
+    let run = unique_name("run");
+    let (daemon, statsd, admin, _cw) = start(&proxy, &run).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let mut packets = healthy_scheduler();
+        packets.extend([
+            "airflow.pool.open_slots.default_pool:100|g".to_string(),
+            "airflow.executor.open_slots:16|g".to_string(),
+            "airflow.scheduler.tasks.starving:2|g".to_string(),
+        ]);
+        send(statsd, &packets);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let body = scrape(admin).await;
+    daemon.stop().await;
+    let datums = accepted(&proxy, &run);
+    let names: BTreeSet<&str> = datums.iter().map(|d| d.name.as_str()).collect();
+    for name in [
+        "airflow_executor_open_slots",
+        "airflow_scheduler_tasks_starving",
+        "airflow_pool_queued_slots",
+        "QueueDepth",
+        "DesiredWorkers",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    assert!(!names.contains("airflow_pool_open_slots"));
+    assert!(
+        !proxy.strict_api().refused().is_empty(),
+        "the rule was applied"
+    );
+    assert!(sample(&body, "metricship_cloudwatch_batches_split_total").unwrap() >= 1.0);
+    assert!(
+        sample(
+            &body,
+            "metricship_cloudwatch_datums_dropped_total{reason=\"rejected\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_executor_gauges_withhold_demand_not_queue_depth() {
     airside_core::telemetry::init(airside_core::config::LogFormat::Text, "warn");
