@@ -18,16 +18,6 @@ const SIGNAL: [&str; 4] = [
     "DesiredWorkers",
 ];
 
-/// The datums of this run (by its `Run` dimension) that CloudWatch accepted.
-fn accepted(proxy: &FaultProxy, run: &str) -> Vec<AcceptedDatum> {
-    proxy
-        .strict_api()
-        .accepted()
-        .into_iter()
-        .filter(|d| d.dimensions.iter().any(|(k, v)| k == "Run" && v == run))
-        .collect()
-}
-
 /// Accepted datums grouped by flush (their timestamp, to the millisecond).
 fn by_interval(datums: &[AcceptedDatum]) -> BTreeMap<u64, BTreeSet<String>> {
     let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
@@ -38,27 +28,61 @@ fn by_interval(datums: &[AcceptedDatum]) -> BTreeMap<u64, BTreeSet<String>> {
     out
 }
 
-fn healthy_scheduler() -> Vec<String> {
-    vec![
-        "airflow.scheduler_heartbeat:1|c".into(),
-        "airflow.pool.queued_slots.default_pool:30|g".into(),
-        "airflow.pool.queued_slots.etl:12|g".into(),
-        "airflow.executor.queued_tasks:20|g".into(),
-        "airflow.executor.running_tasks:50|g".into(),
-    ]
+/// The metricship binary, as its own process: its `/metrics` are its own (the tests of
+/// this file run side by side, and an in-process daemon shares one metrics registry).
+struct Process {
+    child: airside_testkit::KillOnDrop,
 }
 
-async fn start(
-    proxy: &FaultProxy,
-    run: &str,
-) -> (Running, SocketAddr, SocketAddr, aws_sdk_cloudwatch::Client) {
-    let sdk = moto().sdk_config_for(&proxy.endpoint()).await;
-    let cw = aws_sdk_cloudwatch::Client::new(&sdk);
-    let config = test_config(&unique_name("Airflow"), run);
-    let daemon = Running::start(config, cw.clone()).await;
-    daemon.wait_ready().await;
-    let (statsd, admin) = (daemon.statsd, daemon.admin);
-    (daemon, statsd, admin, cw)
+impl Process {
+    /// SIGTERM, then requires a clean exit (the drain sends what is queued).
+    async fn stop(mut self) {
+        self.child.sigterm();
+        let status = self
+            .child
+            .wait_exit_async(Duration::from_secs(30))
+            .await
+            .expect("metricship stops within 30 s");
+        assert!(status.success(), "{status}");
+    }
+}
+
+async fn start(proxy: &FaultProxy, run: &str) -> (Process, SocketAddr, SocketAddr) {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin = airside_testkit::free_addr();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_metricship"));
+    cmd.args([
+        "--statsd-addr",
+        &statsd.to_string(),
+        "--admin-addr",
+        &admin.to_string(),
+        "--namespace",
+        &unique_name("Airflow"),
+        "--flush-interval",
+        "1s",
+        "--freshness-window",
+        "3s",
+        "--dimension",
+        &format!("Run={run}"),
+        "--log-format",
+        "json",
+        "--log-level",
+        "warn",
+    ])
+    .envs(airside_testkit::Moto::env_for(&proxy.endpoint()))
+    .stdout(std::process::Stdio::null());
+    let child = airside_testkit::KillOnDrop::new(cmd.spawn().expect("spawn metricship"));
+    eventually("readiness", Duration::from_secs(20), || async {
+        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
+            .await
+            .ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+    (Process { child }, statsd, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +90,7 @@ async fn poisoned_statsd_never_costs_the_signal() {
     airside_core::telemetry::init(airside_core::config::LogFormat::Text, "warn");
     let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
     let run = unique_name("run");
-    let (daemon, statsd, admin, _cw) = start(&proxy, &run).await;
+    let (daemon, statsd, admin) = start(&proxy, &run).await;
 
     // Allowlisted metrics (the default list), each with a valid series and poisoned ones:
     // an empty tag value, 2,000 characters, control characters, a value beyond ±2^360,
@@ -195,7 +219,7 @@ async fn a_request_rejected_for_one_datum_is_narrowed_down_to_it() {
     let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
     proxy.strict_api().also_reject("airflow_pool_open_slots");
     let run = unique_name("run");
-    let (daemon, statsd, admin, _cw) = start(&proxy, &run).await;
+    let (daemon, statsd, admin) = start(&proxy, &run).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         let mut packets = healthy_scheduler();
@@ -243,7 +267,7 @@ async fn silent_executor_gauges_withhold_demand_not_queue_depth() {
     airside_core::telemetry::init(airside_core::config::LogFormat::Text, "warn");
     let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
     let run = unique_name("run");
-    let (daemon, statsd, admin, _cw) = start(&proxy, &run).await;
+    let (daemon, statsd, admin) = start(&proxy, &run).await;
 
     // 2 s of a healthy scheduler, then 7 s in which only the heartbeat and the pool
     // gauges arrive (an Airflow `metrics_allow_list` without `executor.*`).
@@ -317,157 +341,4 @@ async fn silent_executor_gauges_withhold_demand_not_queue_depth() {
     );
     assert!(body.contains("metricship_queue_depth 42"), "{body}");
     assert!(!body.contains("metricship_desired_workers "), "{body}");
-}
-
-/// What the scheduler task definition gives metricship (128 MiB), enforced by a memory
-/// cgroup around the static binary the image ships, while a hostile sender floods it with
-/// 1,000,000 distinct 200-byte names and sets with 1 KiB members: /metrics keeps
-/// answering, the signal keeps reaching CloudWatch, nothing is OOM-killed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit() {
-    use airside_testkit::{MemoryCap, Moto, free_addr};
-    use std::process::Command;
-    assert!(
-        MemoryCap::available(),
-        "memory-capped tests need root and the cgroup v1 memory controller"
-    );
-    let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
-    let run = unique_name("run");
-    let cap = MemoryCap::for_container("scheduler", "metricship");
-    let statsd = free_udp_addr();
-    let admin = free_addr();
-    let mut cmd = Command::new(airside_testkit::dist_binary("metricship"));
-    cmd.args([
-        "--statsd-addr",
-        &statsd.to_string(),
-        "--admin-addr",
-        &admin.to_string(),
-        "--namespace",
-        &unique_name("Airflow"),
-        "--flush-interval",
-        "1s",
-        "--freshness-window",
-        "5s",
-        "--dimension",
-        &format!("Run={run}"),
-    ])
-    .envs(Moto::env_for(&proxy.endpoint()))
-    .env("METRICSHIP_LOG_FORMAT", "json");
-    let mut daemon = cap.spawn_daemon("metricship", &mut cmd);
-    let pid = daemon.pid;
-    eventually("readiness", Duration::from_secs(20), || async {
-        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
-
-    // The flood, from its own thread, paced so that the kernel buffer keeps up: 50 sets
-    // (created first, so that the names cannot crowd them out) whose 1 KiB members could
-    // take 500 MB, interleaved with 1,000,000 distinct 200-byte names.
-    let flood = std::thread::spawn(move || {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let filler = "x".repeat(180);
-        let member = "m".repeat(1010);
-        for k in 0..50 {
-            let _ = socket.send_to(format!("airflow.users.s{k}:first|s").as_bytes(), statsd);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let mut packet = String::with_capacity(9000);
-        let mut sets = String::with_capacity(9000);
-        for i in 0..1_000_000u32 {
-            // 200 bytes of name, all distinct.
-            packet.push_str(&format!("airflow.flood.{filler}.{i:05}:1|c\n"));
-            if i % 4 == 0 {
-                sets.push_str(&format!("airflow.users.s{}:{member}{i:07}|s\n", i % 50));
-            }
-            for p in [&mut packet, &mut sets] {
-                if p.len() > 7000 {
-                    let _ = socket.send_to(p.as_bytes(), statsd);
-                    p.clear();
-                }
-            }
-            if i % 4000 == 0 {
-                std::thread::sleep(Duration::from_millis(3));
-            }
-        }
-    });
-    let mut scrapes = 0;
-    while !flood.is_finished() {
-        send(statsd, &healthy_scheduler());
-        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{}", daemon.logs());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        scrapes += 1;
-        if scrapes % 8 == 0 {
-            let body = scrape(admin).await;
-            assert!(
-                body.contains("metricship_state_bytes_limit"),
-                "{}",
-                daemon.logs()
-            );
-        }
-    }
-    flood.join().unwrap();
-    let flood_done = SystemTime::now();
-    // The signal still goes out after the flood, and /metrics answers in full.
-    for _ in 0..12 {
-        send(statsd, &healthy_scheduler());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let body = scrape(admin).await;
-    let peak_rss = MemoryCap::peak_rss(pid).expect("VmHWM of a running process");
-    let report = cap.assert_no_oom("metricship");
-    assert!(
-        daemon.child.try_wait().unwrap().is_none(),
-        "metricship exited under the memory limit: {report:?}\n{}",
-        daemon.logs()
-    );
-    assert!(
-        body.contains("metricship_queue_depth 42"),
-        "{}",
-        daemon.logs()
-    );
-    let state = |part: &str| {
-        sample(&body, &format!("metricship_state_bytes{{part=\"{part}\"}}")).unwrap_or(0.0)
-    };
-    let limit = sample(&body, "metricship_state_bytes_limit").unwrap();
-    let total = state("cache") + state("series") + state("sets");
-    assert!(total <= limit, "state {total} over its limit {limit}");
-    let refused = sample(&body, "metricship_series_refused_budget_total").unwrap_or(0.0)
-        + sample(&body, "metricship_series_dropped_total").unwrap_or(0.0);
-    assert!(refused > 0.0, "the flood must have met a cap\n{body:.2000}");
-    assert!(
-        sample(&body, "metricship_set_members_refused_total").unwrap_or(0.0) > 0.0,
-        "250 MB of set members cannot fit"
-    );
-    let after = flood_done.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let signal_after = accepted(&proxy, &run)
-        .into_iter()
-        .filter(|d| d.name == "DesiredWorkers" && d.timestamp.unwrap() > after)
-        .count();
-    assert!(signal_after >= 1, "no DesiredWorkers after the flood");
-    println!(
-        "flood of 1,000,000 distinct 200-byte names and 250,000 1-KiB members of 50 sets under {} MiB: peak RSS {:.1} MiB, cgroup peak {:.1} MiB, state {:.1} MiB of {:.1} MiB, live series {}",
-        report.limit >> 20,
-        peak_rss as f64 / 1048576.0,
-        report.peak as f64 / 1048576.0,
-        total / 1048576.0,
-        limit / 1048576.0,
-        sample(&body, "metricship_live_series").unwrap_or(0.0)
-    );
-    daemon.child.sigterm();
-    daemon
-        .child
-        .wait_exit(Duration::from_secs(30))
-        .expect("stops");
-}
-
-/// A free loopback UDP address for the daemon's StatsD socket.
-fn free_udp_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
 }

@@ -199,3 +199,27 @@ pub async fn open_slots_values(
     }
     got
 }
+
+/// The datums of this run (by its `Run` dimension) that CloudWatch accepted.
+pub fn accepted(
+    proxy: &airside_testkit::FaultProxy,
+    run: &str,
+) -> Vec<airside_testkit::AcceptedDatum> {
+    proxy
+        .strict_api()
+        .accepted()
+        .into_iter()
+        .filter(|d| d.dimensions.iter().any(|(k, v)| k == "Run" && v == run))
+        .collect()
+}
+
+/// What a healthy scheduler sends between flushes: heartbeat, two pools, executor gauges.
+pub fn healthy_scheduler() -> Vec<String> {
+    vec![
+        "airflow.scheduler_heartbeat:1|c".into(),
+        "airflow.pool.queued_slots.default_pool:30|g".into(),
+        "airflow.pool.queued_slots.etl:12|g".into(),
+        "airflow.executor.queued_tasks:20|g".into(),
+        "airflow.executor.running_tasks:50|g".into(),
+    ]
+}
