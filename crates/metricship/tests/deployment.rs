@@ -48,40 +48,16 @@ impl Process {
 }
 
 async fn start(proxy: &FaultProxy, run: &str) -> (Process, SocketAddr, SocketAddr) {
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let admin = airside_testkit::free_addr();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_metricship"));
-    cmd.args([
-        "--statsd-addr",
-        &statsd.to_string(),
-        "--admin-addr",
-        &admin.to_string(),
-        "--namespace",
-        &unique_name("Airflow"),
-        "--flush-interval",
-        "1s",
-        "--freshness-window",
+    let (mut cmd, statsd, admin) = daemon_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_metricship")),
+        &proxy.endpoint(),
+        run,
         "3s",
-        "--dimension",
-        &format!("Run={run}"),
-        "--log-format",
-        "json",
-        "--log-level",
-        "warn",
-    ])
-    .envs(airside_testkit::Moto::env_for(&proxy.endpoint()))
-    .stdout(std::process::Stdio::null());
+    );
+    cmd.args(["--log-level", "warn"])
+        .stdout(std::process::Stdio::null());
     let child = airside_testkit::KillOnDrop::new(cmd.spawn().expect("spawn metricship"));
-    eventually("readiness", Duration::from_secs(20), || async {
-        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_ready_at(admin).await;
     (Process { child }, statsd, admin)
 }
 

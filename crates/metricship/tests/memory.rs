@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
@@ -16,8 +15,7 @@ use common::*;
 /// answering, the signal keeps reaching CloudWatch, nothing is OOM-killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit() {
-    use airside_testkit::{MemoryCap, Moto, free_addr};
-    use std::process::Command;
+    use airside_testkit::MemoryCap;
     assert!(
         MemoryCap::available(),
         "memory-capped tests need root and the cgroup v1 memory controller"
@@ -25,34 +23,16 @@ async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit
     let proxy = FaultProxy::start_strict_aws(&moto().endpoint(), FaultPlan::none());
     let run = unique_name("run");
     let cap = MemoryCap::for_container("scheduler", "metricship");
-    let statsd = free_udp_addr();
-    let admin = free_addr();
-    let mut cmd = Command::new(airside_testkit::dist_binary("metricship"));
-    cmd.args([
-        "--statsd-addr",
-        &statsd.to_string(),
-        "--admin-addr",
-        &admin.to_string(),
-        "--namespace",
-        &unique_name("Airflow"),
-        "--flush-interval",
-        "1s",
-        "--freshness-window",
+    // The binary the image ships: a debug build's memory says little about production.
+    let (mut cmd, statsd, admin) = daemon_command(
+        &airside_testkit::dist_binary("metricship"),
+        &proxy.endpoint(),
+        &run,
         "5s",
-        "--dimension",
-        &format!("Run={run}"),
-    ])
-    .envs(Moto::env_for(&proxy.endpoint()))
-    .env("METRICSHIP_LOG_FORMAT", "json");
+    );
     let mut daemon = cap.spawn_daemon("metricship", &mut cmd);
     let pid = daemon.pid;
-    eventually("readiness", Duration::from_secs(20), || async {
-        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-            .await
-            .ok()?;
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_ready_at(admin).await;
 
     // The flood, from its own thread, paced so that the kernel buffer keeps up: 50 sets
     // (created first, so that the names cannot crowd them out) whose 1 KiB members could
@@ -155,10 +135,4 @@ async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit
         .child
         .wait_exit(Duration::from_secs(30))
         .expect("stops");
-}
-
-/// A free loopback UDP address for the daemon's StatsD socket.
-fn free_udp_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
 }

@@ -223,3 +223,50 @@ pub fn healthy_scheduler() -> Vec<String> {
         "airflow.executor.running_tasks:50|g".into(),
     ]
 }
+
+/// A metricship command for a separate process: `binary` (the test build or the static
+/// one), its StatsD and admin on free loopback addresses, 1 s flushes, `freshness`, the
+/// per-run `Run` dimension, JSON logs, AWS through `endpoint` (a strict-AWS proxy).
+/// Returns the command and the StatsD and admin addresses.
+pub fn daemon_command(
+    binary: &std::path::Path,
+    endpoint: &str,
+    run: &str,
+    freshness: &str,
+) -> (std::process::Command, SocketAddr, SocketAddr) {
+    let statsd = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin = airside_testkit::free_addr();
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args([
+        "--statsd-addr",
+        &statsd.to_string(),
+        "--admin-addr",
+        &admin.to_string(),
+        "--namespace",
+        &airside_testkit::unique_name("Airflow"),
+        "--flush-interval",
+        "1s",
+        "--freshness-window",
+        freshness,
+        "--dimension",
+        &format!("Run={run}"),
+        "--log-format",
+        "json",
+    ])
+    .envs(airside_testkit::Moto::env_for(endpoint));
+    (cmd, statsd, admin)
+}
+
+/// Waits (20 s at most) until the daemon at `admin` answers /readyz with 200.
+pub async fn wait_ready_at(admin: SocketAddr) {
+    eventually("readiness", Duration::from_secs(20), || async {
+        let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
+            .await
+            .ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
+}
