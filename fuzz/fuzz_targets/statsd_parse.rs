@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use metricship::aggregate::{Aggregator, AggregatorSettings, Allowlist, DatumValue};
+use metricship::aggregate::{Aggregator, AggregatorSettings};
+use metricship::datum::{Allowlist, DatumValue};
 use metricship::rules;
 use metricship::signal::SignalSettings;
 use metricship::statsd::{lines, parse_line};

@@ -1,4 +1,4 @@
-"""The README's deployment section documents what a user must set: every variable of
+"""The deployment page (infra/README.md) documents what a user must set: every variable of
 the example environment and every placeholder of the task definitions."""
 import re
 
@@ -9,7 +9,7 @@ from infra_lib import EXAMPLES, ROOT, TASKS, placeholders, variables
 
 @pytest.fixture(scope="module")
 def section():
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "infra" / "README.md").read_text()
     m = re.search(r"<!-- BEGIN deployment -->(.*)<!-- END deployment -->", text, re.S)
     assert m, "README has no deployment section"
     return m.group(1)

@@ -205,8 +205,8 @@ def _seconds(text):
 
 
 DRAIN_VARIABLES = {
-    "dagsync": "DAGSYNC_SHUTDOWN_TIMEOUT",
-    "logship": "LOGSHIP_SHUTDOWN_TIMEOUT",
+    "dagsync": "DAGSYNC_DRAIN_TIMEOUT",
+    "logship": "LOGSHIP_DRAIN_TIMEOUT",
     "metricship": "METRICSHIP_DRAIN_TIMEOUT",
 }
 

@@ -163,6 +163,13 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+impl crate::exit::HasExitCode for BindError {
+    /// A taken or unassignable admin address is a configuration error.
+    fn exit_code(&self) -> crate::ExitCode {
+        crate::ExitCode::Usage
+    }
+}
+
 impl AdminServer {
     /// Binds `addr` (port 0 picks a free port; see [`AdminServer::local_addr`]).
     pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, BindError> {
@@ -200,6 +207,19 @@ impl AdminServer {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Serves while `work` runs, the daemon's whole life including its bounded drain,
+    /// and stops once `work` is done: `/healthz` and `/metrics` answer through the drain
+    /// (an operator watching a stuck drain can still see why), and the port is released
+    /// before the process exits.
+    pub async fn serve_during<F: std::future::Future>(self, work: F) -> F::Output {
+        let stop = Shutdown::new();
+        let task = tokio::spawn(self.serve(stop.clone()));
+        let output = work.await;
+        stop.cancel();
+        let _ = task.await;
+        output
     }
 
     /// Serves until `shutdown` is cancelled. Spawn it: `tokio::spawn(server.serve(token))`.

@@ -99,6 +99,14 @@ pub enum AwsSetupError {
     NoRegion,
 }
 
+impl crate::exit::HasExitCode for AwsSetupError {
+    /// Both are the container's setup (no resolver configuration, no region), which
+    /// the operator fixes in the task definition: a usage error in every daemon.
+    fn exit_code(&self) -> crate::ExitCode {
+        crate::ExitCode::Usage
+    }
+}
+
 /// The HTTP client every airside SDK client uses: rustls (ring) with the system CA bundle,
 /// names resolved by [`HickoryDns`]. Tests building their own `SdkConfig` use it too.
 pub fn http_client() -> Result<SharedHttpClient, AwsSetupError> {
@@ -293,9 +301,16 @@ where
 {
     match err {
         SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or("unknown");
-            let msg = ctx.err().message().unwrap_or("");
-            format!("{code} (HTTP {}): {msg}", ctx.raw().status().as_u16())
+            let status = ctx.raw().status().as_u16();
+            match ctx.err().code() {
+                Some(code) => {
+                    let msg = ctx.err().message().unwrap_or("");
+                    format!("{code} (HTTP {status}): {msg}")
+                }
+                // A HEAD answer (HeadBucket, HeadObject) has no body and so no error code:
+                // name what the status means rather than print "unknown".
+                None => format!("{} (HTTP {status}, no error body)", status_meaning(status)),
+            }
         }
         other => {
             let mut text = other.to_string();
@@ -307,6 +322,18 @@ where
             }
             text
         }
+    }
+}
+
+/// What an HTTP status means when the answer carries no AWS error code.
+fn status_meaning(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "AccessDenied",
+        404 => "NotFound",
+        301 | 307 => "PermanentRedirect (the bucket is in another region)",
+        429 | 503 => "SlowDown",
+        s if s >= 500 => "InternalError",
+        _ => "unknown error",
     }
 }
 

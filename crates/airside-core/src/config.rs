@@ -55,7 +55,7 @@ pub enum LogFormat {
 /// ```
 #[macro_export]
 macro_rules! log_args {
-    ($name:ident, $format_env:literal, $level_env:literal) => {
+    ($name:ident, $format_env:expr, $level_env:expr) => {
         /// Logging flags.
         #[derive(Debug, Clone, ::clap::Args)]
         pub struct $name {

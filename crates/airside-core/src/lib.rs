@@ -10,9 +10,10 @@
 //! ([`memory`]), durable atomic file replacement ([`atomic_file`]) and the exit-code
 //! contract ([`exit`]).
 //!
-//! Data flows one way: a daemon's `main` parses its clap config, calls
-//! [`telemetry::init`], builds its service and hands it a [`shutdown::Shutdown`];
-//! its `run` returns an error that maps to an [`exit::ExitCode`].
+//! Every daemon starts through [`daemon::main`], which runs the one skeleton (parse,
+//! validate, tracing, memory, runtime, `run(config, deps, shutdown)`); its command line
+//! comes from [`daemon_cli!`], its retries follow [`retry`], and its `run` returns an
+//! error that maps to an [`exit::ExitCode`].
 // `deny`, not `forbid`: [`memory`] is the one module allowed two libc calls.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,11 +23,13 @@ pub mod atomic_file;
 pub mod aws;
 pub mod backoff;
 pub mod config;
+pub mod daemon;
 pub mod ecs;
 pub mod exit;
 pub mod healthcheck;
 #[allow(unsafe_code)]
 pub mod memory;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -18,6 +18,8 @@
 //!   `/etc/resolv.conf`, to prove the binaries run in a FROM-scratch image.
 //! * [`KillOnDrop`]: a daemon child process, killed when dropped, with SIGTERM and a
 //!   bounded wait for its exit; [`free_addr`] picks the loopback address it listens on.
+//! * [`metric_contract`]: the check that a daemon's README metrics table and its telemetry
+//!   module name the same metrics, and that no code spells a name outside that module.
 //! * Small helpers: unique resource names, AWS environment for child processes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +28,7 @@ mod empty_root;
 mod fault_proxy;
 mod fuse_mount;
 mod memory_cap;
+pub mod metric_contract;
 mod moto;
 mod process;
 mod strict_api;

@@ -4,49 +4,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airside_core::config::{parse_bytes, parse_duration, parse_socket_addr};
-use clap::{Parser, Subcommand};
+use airside_core::config::{parse_bytes, parse_duration};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::cadence::Cadence;
 use crate::plan::DeleteLimit;
 use crate::source::SourceSpec;
 
-airside_core::log_args!(LogArgs, "DAGSYNC_LOG_FORMAT", "DAGSYNC_LOG");
-
-/// dagsync: keeps an Airflow DAG folder in step with an S3 prefix.
-#[derive(Debug, Parser)]
-#[command(
-    name = "dagsync",
-    version,
-    about = "Keeps an Airflow DAG folder in step with an S3 prefix (or a local folder).",
-    subcommand_negates_reqs = true,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    /// Subcommands.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Sync flags.
-    #[command(flatten)]
-    pub sync: SyncArgs,
-    /// Logging flags.
-    #[command(flatten)]
-    pub log: LogArgs,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Exit 0 when the running daemon is ready (for ECS container health checks).
-    Healthcheck {
-        /// The daemon's admin address.
-        #[arg(long, env = "DAGSYNC_ADMIN_ADDR", default_value = "127.0.0.1:9400", value_parser = parse_socket_addr)]
-        admin_addr: SocketAddr,
-        /// How long to wait for an answer.
-        #[arg(long, env = "DAGSYNC_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = airside_core::config::parse_duration)]
-        timeout: std::time::Duration,
-    },
+airside_core::daemon_cli! {
+    name: "dagsync",
+    prefix: "DAGSYNC",
+    about: "Keeps an Airflow DAG folder in step with an S3 prefix (or a local folder).",
+    admin: "127.0.0.1:9400",
+    drain: "10s",
+    args: SyncArgs,
 }
 
 /// Flags of the sync itself.
@@ -79,18 +50,15 @@ pub struct SyncArgs {
     /// Refuse a cycle's deletions beyond this many files, or this share of the synced files.
     #[arg(long, env = "DAGSYNC_MAX_DELETE", default_value = "50%", value_parser = DeleteLimit::parse)]
     pub max_delete: DeleteLimit,
-    /// Admin server address (/healthz, /readyz, /metrics).
-    #[arg(long, env = "DAGSYNC_ADMIN_ADDR", default_value = "127.0.0.1:9400", value_parser = parse_socket_addr)]
-    pub admin_addr: SocketAddr,
+    /// Admin address and drain bound (after SIGTERM, how long a running cycle may take to finish).
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
     /// Downloads in flight at once.
     #[arg(long, env = "DAGSYNC_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// /readyz turns not ready when the last successful sync is older than this.
     #[arg(long, env = "DAGSYNC_READY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
     pub ready_max_age: Duration,
-    /// Longest time to finish a running cycle after SIGTERM.
-    #[arg(long, env = "DAGSYNC_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
     /// With a local source: sync as soon as the source changes (inotify), besides polling.
     #[arg(long, env = "DAGSYNC_WATCH")]
     pub watch: bool,
@@ -139,7 +107,7 @@ pub struct Config {
     /// Readiness age limit.
     pub ready_max_age: Duration,
     /// Drain bound.
-    pub shutdown_timeout: Duration,
+    pub drain_timeout: Duration,
     /// Watch a local source.
     pub watch: bool,
     /// GetObject through dagsync's direct path first.
@@ -187,10 +155,10 @@ impl Config {
             cadence,
             exclude,
             max_delete: args.max_delete,
-            admin_addr: args.admin_addr,
+            admin_addr: args.lifecycle.admin_addr,
             concurrency: args.concurrency,
             ready_max_age: args.ready_max_age,
-            shutdown_timeout: args.shutdown_timeout,
+            drain_timeout: args.lifecycle.drain_timeout,
             watch: args.watch,
             direct_get: args.direct_get,
             memory_budget: args.memory_budget,
@@ -205,9 +173,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli = Cli::try_parse_from(std::iter::once("dagsync").chain(args.iter().copied()))
-            .map_err(|e| e.to_string())?;
-        Config::from_args(cli.sync)
+        let argv: Vec<&str> = std::iter::once("dagsync")
+            .chain(args.iter().copied())
+            .collect();
+        let cli: Cli = airside_core::daemon::parse_without_env(&argv).map_err(|e| e.to_string())?;
+        Config::from_args(cli.args)
     }
 
     #[test]
@@ -254,8 +224,13 @@ mod tests {
 
     #[test]
     fn healthcheck_needs_no_source() {
-        let cli =
-            Cli::try_parse_from(["dagsync", "healthcheck", "--admin-addr", "127.0.0.1:1"]).unwrap();
+        let cli: Cli = airside_core::daemon::parse_without_env(&[
+            "dagsync",
+            "healthcheck",
+            "--admin-addr",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
         assert!(matches!(cli.command, Some(Command::Healthcheck { .. })));
     }
 }

@@ -22,6 +22,7 @@ pub mod source;
 pub mod staging;
 pub mod state;
 pub mod syncer;
+pub mod telemetry;
 pub mod verify;
 
 use std::io::IsTerminal;
@@ -31,55 +32,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use airside_core::ExitCode;
 use airside_core::admin::{AdminServer, Readiness};
-use airside_core::aws::{self, AwsSettings, ErrorClass};
+use airside_core::aws::{self, AwsSettings};
 use airside_core::backoff::Backoff;
 use airside_core::exit::HasExitCode;
+use airside_core::retry::{Retry, Verdict};
 use airside_core::shutdown::{Shutdown, drain, sleep_or_shutdown};
 
-pub use config::{Cli, Command, Config};
+use airside_core::daemon::{Allocator, Daemon, Runtime};
+pub use config::{Cli, Command, Config, SyncArgs};
 use source::{Source, SourceSpec};
 use syncer::{CycleError, CycleReport, Syncer};
-
-/// Metric names (the README lists them).
-pub mod telemetry {
-    /// Cycles by result: changed, noop, error.
-    pub const SYNCS: &str = "dagsync_syncs_total";
-    /// Cycle duration histogram.
-    pub const SYNC_DURATION: &str = "dagsync_sync_duration_seconds";
-    /// Objects downloaded, by how (`via`: direct, sdk, copy).
-    pub const OBJECTS_DOWNLOADED: &str = "dagsync_objects_downloaded_total";
-    /// Direct GetObject attempts handed to the SDK (an error answer, a dropped
-    /// connection, a stalled body).
-    pub const DIRECT_FALLBACKS: &str = "dagsync_direct_fallbacks_total";
-    /// Bytes downloaded.
-    pub const BYTES_DOWNLOADED: &str = "dagsync_bytes_downloaded_total";
-    /// Files deleted.
-    pub const FILES_DELETED: &str = "dagsync_files_deleted_total";
-    /// Deletions refused by a guard.
-    pub const DELETIONS_REFUSED: &str = "dagsync_deletions_refused_total";
-    /// Unsafe keys skipped (each distinct key counted once per process).
-    pub const INVALID_KEYS: &str = "dagsync_invalid_keys_total";
-    /// Unix time of the last successful cycle.
-    pub const LAST_SUCCESS: &str = "dagsync_last_success_timestamp_seconds";
-    /// Files dagsync currently tracks.
-    pub const FILES_SYNCED: &str = "dagsync_files_synced";
-    /// Failed cycles by error class.
-    pub const ERRORS: &str = "dagsync_errors_total";
-    /// Objects that failed to fetch or verify, by reason (integrity, access_denied,
-    /// not_found, changed): each failure of each cycle counts once.
-    pub const OBJECT_FAILURES: &str = "dagsync_object_failures_total";
-    /// Objects failing right now (their files keep their previous version).
-    pub const OBJECTS_FAILING: &str = "dagsync_objects_failing";
-    /// 1 for this instance's role for its destination (`role`: writer, standby), 0 for
-    /// the other.
-    pub const ROLE: &str = "dagsync_role";
-}
-
-/// Consecutive access-denied cycles tolerated before exiting 3, so that a passing
-/// credentials hiccup (role propagation, credential rotation) does not kill the task.
-const ACCESS_DENIED_ATTEMPTS: u32 = 5;
-/// Consecutive transient failures tolerated by --once before exiting 1.
-const ONCE_ATTEMPTS: u32 = 4;
 
 /// Why dagsync stopped.
 #[derive(Debug, thiserror::Error)]
@@ -123,15 +85,13 @@ pub enum Error {
 impl HasExitCode for Error {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config(_) | Error::Aws(_) | Error::Admin(_) => ExitCode::Usage,
+            Error::Config(_) => ExitCode::Usage,
+            Error::Aws(e) => e.exit_code(),
+            Error::Admin(e) => e.exit_code(),
             Error::Destination(_) => ExitCode::Destination,
             Error::Source { error, .. } => match error {
                 CycleError::Destination { .. } => ExitCode::Destination,
-                e => match e.class() {
-                    ErrorClass::AccessDenied => ExitCode::AccessDenied,
-                    ErrorClass::NotFound | ErrorClass::Invalid => ExitCode::Usage,
-                    _ => ExitCode::Other,
-                },
+                e => e.class().exit_code(),
             },
             Error::Guard(_) => ExitCode::Guard,
             Error::Partial { .. } => ExitCode::Partial,
@@ -254,8 +214,6 @@ fn set_role(role: lease::Role) {
 /// Runs dagsync until shutdown (or for one cycle with `--once`), with the given source.
 pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Result<(), Error> {
     check_destination(&config.dest)?;
-    let source_name = config.source.display();
-    let own_dir = config.dest.join(keys::OWN_DIR);
     let fresh: Arc<Mutex<Freshness>> = Arc::default();
     let readiness = {
         let (check, detail) = (fresh.clone(), fresh.clone());
@@ -289,10 +247,25 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     };
     // With --once nothing serves /metrics, so no recorder is installed (the metrics
     // macros are no-ops then): building one calibrates a clock for several milliseconds.
-    if !config.once {
-        let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
-        tokio::spawn(admin.serve(shutdown.clone()));
+    if config.once {
+        return sync_loop(config, source, shutdown, readiness, fresh).await;
     }
+    let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
+    admin
+        .serve_during(sync_loop(config, source, shutdown, readiness, fresh))
+        .await
+}
+
+/// The cycles, until shutdown (and the drain of the cycle in flight) or a fatal error.
+async fn sync_loop(
+    config: Config,
+    source: Source,
+    shutdown: Shutdown,
+    readiness: Readiness,
+    fresh: Arc<Mutex<Freshness>>,
+) -> Result<(), Error> {
+    let source_name = config.source.display();
+    let own_dir = config.dest.join(keys::OWN_DIR);
     let mut watch_rx = if config.watch {
         match &config.source {
             SourceSpec::Local(root) => Some(watch(root)?),
@@ -305,7 +278,7 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     let once = config.once;
     let dry_run = config.dry_run;
     let cadence = config.cadence;
-    let grace = config.shutdown_timeout;
+    let grace = config.drain_timeout;
     let use_lease = config.lease && !dry_run;
     let mut syncer = Syncer::new(config, source).map_err(|e| Error::Destination(e.to_string()))?;
     let progress_task = (once && !dry_run && std::io::stderr().is_terminal()).then(|| {
@@ -316,8 +289,11 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
     });
     let backoff =
         Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).expect("static bounds");
-    let mut failures = 0u32;
-    let mut denied = 0u32;
+    let mut retry = if once {
+        Retry::one_shot(backoff)
+    } else {
+        Retry::daemon(backoff)
+    };
     let mut idle = 0u32;
     let mut held: Option<lease::Lease> = None;
     let mut role: Option<lease::Role> = None;
@@ -438,8 +414,7 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
                     eprintln!();
                 }
                 log_cycle(&report, elapsed, syncer.synced_files());
-                failures = 0;
-                denied = 0;
+                retry.succeeded();
                 let label = if report.changed() { "changed" } else { "noop" };
                 metrics::counter!(telemetry::SYNCS, "result" => label).increment(1);
                 let now = SystemTime::now()
@@ -496,23 +471,14 @@ pub async fn run_with(config: Config, source: Source, shutdown: Shutdown) -> Res
                 metrics::counter!(telemetry::SYNCS, "result" => "error").increment(1);
                 metrics::counter!(telemetry::ERRORS, "class" => class.as_str()).increment(1);
                 tracing::error!(error = %error, class = class.as_str(), duration_ms = elapsed.as_millis() as u64, "sync cycle failed");
-                let fatal = match class {
-                    ErrorClass::NotFound | ErrorClass::Invalid => true,
-                    ErrorClass::AccessDenied => {
-                        denied += 1;
-                        denied >= ACCESS_DENIED_ATTEMPTS
+                match retry.failed(class) {
+                    Verdict::RetryAfter(delay)
+                        if !(once && matches!(error, CycleError::Destination { .. })) =>
+                    {
+                        delay.min(cadence.max_staleness())
                     }
-                    _ => {
-                        failures += 1;
-                        once && failures >= ONCE_ATTEMPTS
-                    }
-                };
-                if fatal || (once && matches!(error, CycleError::Destination { .. })) {
-                    return Err(Error::Source { source_name, error });
+                    _ => return Err(Error::Source { source_name, error }),
                 }
-                backoff
-                    .delay(failures.max(denied))
-                    .min(cadence.max_staleness())
             }
         };
         // Idle until the next cycle with only the memory the idle loop needs resident.
@@ -557,8 +523,40 @@ fn watch(root: &Path) -> Result<Watch, Error> {
 /// Runs dagsync until shutdown (or for one cycle with `--once`).
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     check_destination(&config.dest)?;
-    let source = connect(&config.source, config.direct_get)
-        .await?
-        .with_memory_budget(config.memory_budget);
+    let source = <Dagsync as Daemon>::connect(&config).await?;
     run_with(config, source, shutdown).await
+}
+
+/// dagsync as the core's [`Daemon`]: `main` is `airside_core::daemon::main::<Dagsync>()`.
+pub struct Dagsync;
+
+impl Daemon for Dagsync {
+    const NAME: &'static str = "dagsync";
+    // Whole-object bodies of up to 8 MiB come and go: each one over 256 KiB is mapped and
+    // unmapped on its own, so the 64 MiB container limit holds whatever the object sizes.
+    const ALLOCATOR: Allocator = Allocator::ReturnLargeBuffers(256 << 10);
+    // One async thread: dagsync's work is I/O-bound and a sidecar should be cheap. A
+    // multi-threaded scheduler cost ~13 futex calls per downloaded file in cross-thread
+    // wake-ups. Blocking file work runs on the blocking pool, which idles back to zero.
+    const RUNTIME: Runtime = Runtime::CurrentThread {
+        max_blocking_threads: 32,
+    };
+    type Cli = Cli;
+    type Config = Config;
+    type Deps = Source;
+    type Error = Error;
+
+    fn config(args: SyncArgs) -> Result<Config, String> {
+        Config::from_args(args)
+    }
+
+    async fn connect(config: &Config) -> Result<Source, Error> {
+        Ok(connect(&config.source, config.direct_get)
+            .await?
+            .with_memory_budget(config.memory_budget))
+    }
+
+    async fn run(config: Config, source: Source, shutdown: Shutdown) -> Result<(), Error> {
+        run_with(config, source, shutdown).await
+    }
 }

@@ -88,15 +88,6 @@ impl Staging {
         }
     }
 
-    /// Removes every staged file of this process.
-    pub fn clear(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                self.discard(&e.path());
-            }
-        }
-    }
-
     /// Removes staging folders left by dead processes. Returns how many were removed.
     pub fn sweep_abandoned(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.own_dir) else {

@@ -506,11 +506,6 @@ impl Syncer {
     }
 }
 
-/// Sleeps `d`, returning early (true) if shutdown or a watch event arrives.
-pub async fn wait(d: Duration, shutdown: &airside_core::shutdown::Shutdown) -> bool {
-    airside_core::shutdown::sleep_or_shutdown(d, shutdown).await
-}
-
 /// Prints a one-line progress indicator to a terminal until `stop` is set.
 pub async fn show_progress(progress: Arc<Progress>, started: Instant) {
     loop {

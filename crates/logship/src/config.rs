@@ -8,47 +8,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airside_core::config::{parse_duration, parse_socket_addr};
-use clap::{Args, Parser, Subcommand};
+use airside_core::config::{parse_bytes, parse_duration};
+use clap::Args;
 
-airside_core::log_args!(LogArgs, "LOGSHIP_LOG_FORMAT", "LOGSHIP_LOG");
+use crate::output;
 
 /// The S3 key template used when `--s3-key-template` is not given.
 pub const DEFAULT_KEY_TEMPLATE: &str =
     "dag_id={dag_id}/{yyyy}/{mm}/{dd}/{host}-{hh}{mi}{ss}-{uuid}.ndjson.gz";
 
-/// `logship`: tails Airflow task logs and ships them to Firehose, S3 or stdout.
-#[derive(Debug, Parser)]
-#[command(
-    name = "logship",
-    version,
-    about = "Tails Airflow task logs and ships them to Kinesis Data Firehose and S3 without losing lines",
-    subcommand_negates_reqs = true
-)]
-pub struct Cli {
-    /// A subcommand; without one, logship ships logs.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Shipping flags.
-    #[command(flatten)]
-    pub ship: ShipArgs,
-    /// Logging flags.
-    #[command(flatten)]
-    pub log: LogArgs,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Exit 0 when the running logship's /readyz answers 200 (for ECS container health checks).
-    Healthcheck {
-        /// The admin address of the running logship.
-        #[arg(long, env = "LOGSHIP_ADMIN_ADDR", default_value = "127.0.0.1:9401", value_parser = parse_socket_addr)]
-        admin_addr: SocketAddr,
-        /// How long to wait for an answer.
-        #[arg(long, env = "LOGSHIP_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
+airside_core::daemon_cli! {
+    name: "logship",
+    prefix: "LOGSHIP",
+    about: "Tails Airflow task logs and ships them to Kinesis Data Firehose and S3 without losing lines",
+    admin: "127.0.0.1:9401",
+    drain: "25s",
+    args: ShipArgs,
 }
 
 /// Flags of the shipping daemon.
@@ -68,12 +43,10 @@ pub struct ShipArgs {
     /// Directory of the checkpoint file; must outlive the container (a task or EFS volume).
     #[arg(long, env = "LOGSHIP_STATE_DIR", default_value = "/var/lib/logship")]
     pub state_dir: PathBuf,
-    /// Address of the admin server (/healthz, /readyz, /metrics).
-    #[arg(long, env = "LOGSHIP_ADMIN_ADDR", default_value = "127.0.0.1:9401", value_parser = parse_socket_addr)]
-    pub admin_addr: SocketAddr,
-    /// Longest drain after SIGTERM; keep it below the task definition's stopTimeout.
-    #[arg(long, env = "LOGSHIP_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    /// Admin address and drain bound (every file is read to where it ended at SIGTERM,
+    /// delivered and checkpointed within it).
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
     /// How often files are looked for and read without a change event (the EFS/NFS fallback).
     #[arg(long, env = "LOGSHIP_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -87,23 +60,23 @@ pub struct ShipArgs {
     #[arg(long, env = "LOGSHIP_LINGER", default_value = "1s", value_parser = parse_duration)]
     pub linger: Duration,
     /// Pack NDJSON lines into one Firehose record up to this size (at most 1000KiB).
-    #[arg(long, env = "LOGSHIP_FIREHOSE_RECORD_SIZE", default_value = "256KiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGSHIP_FIREHOSE_RECORD_SIZE", default_value = "256KiB", value_parser = parse_bytes)]
     pub firehose_record_size: u64,
     /// S3 object key template below the output's prefix.
     #[arg(long, env = "LOGSHIP_S3_KEY_TEMPLATE", default_value = DEFAULT_KEY_TEMPLATE)]
     pub s3_key_template: String,
     /// Roll an S3 object when its compressed size reaches this.
-    #[arg(long, env = "LOGSHIP_S3_MAX_OBJECT_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGSHIP_S3_MAX_OBJECT_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
     pub s3_max_object_size: u64,
     /// Roll an S3 object when it is this old.
     #[arg(long, env = "LOGSHIP_S3_MAX_OBJECT_AGE", default_value = "60s", value_parser = parse_duration)]
     pub s3_max_object_age: Duration,
     /// Upper bound of the memory all open S3 objects hold together; beyond it the oldest
     /// is rolled early (a per-task key template opens one object per task).
-    #[arg(long, env = "LOGSHIP_S3_MAX_BUFFERED", default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGSHIP_S3_MAX_BUFFERED", default_value = "16MiB", value_parser = parse_bytes)]
     pub s3_max_buffered: u64,
     /// Multipart part size for large S3 objects (at least 5MiB).
-    #[arg(long, env = "LOGSHIP_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGSHIP_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_bytes)]
     pub s3_part_size: u64,
 }
 
@@ -169,25 +142,94 @@ pub fn parse_output(text: &str) -> Result<OutputSpec, String> {
     ))
 }
 
-/// Parses a size such as `256KiB`, `8MiB`, `1000KiB`, `4096` (bytes) or `5MB`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {text:?}: use a number with a unit, e.g. 256KiB, 8MiB")
-    })?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1024,
-        "KB" | "kB" => 1000,
-        "MiB" | "M" => 1024 * 1024,
-        "MB" => 1_000_000,
-        "GiB" | "G" => 1024 * 1024 * 1024,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+/// A validated configuration: what [`crate::run`] runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Globs of log files to follow.
+    pub paths: Vec<String>,
+    /// Where records go, in order (a record is checkpointed once every output has it).
+    pub outputs: Vec<OutputSpec>,
+    /// Directory of the checkpoint file.
+    pub state_dir: PathBuf,
+    /// Address of the admin server.
+    pub admin_addr: SocketAddr,
+    /// Longest drain after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Poll cadence without change events.
+    pub poll_interval: Duration,
+    /// Directories only polled.
+    pub no_watch: Vec<PathBuf>,
+    /// Longest wait of a traceback (or unterminated line) for its next line.
+    pub multiline_timeout: Duration,
+    /// Longest wait of a record in a Firehose batch.
+    pub linger: Duration,
+    /// Firehose record size in bytes.
+    pub firehose_record_size: usize,
+    /// S3 key template.
+    pub s3_key_template: String,
+    /// S3 object roll size.
+    pub s3_max_object_size: u64,
+    /// S3 object roll age.
+    pub s3_max_object_age: Duration,
+    /// Memory bound of all open S3 objects.
+    pub s3_max_buffered: u64,
+    /// S3 multipart part size.
+    pub s3_part_size: u64,
+}
+
+impl Config {
+    /// Validates the flags. Errors read as instructions.
+    pub fn from_args(args: ShipArgs) -> Result<Self, String> {
+        if args.paths.iter().all(|p| p.trim().is_empty()) {
+            return Err("--path needs at least one glob".into());
+        }
+        if args.firehose_record_size == 0
+            || args.firehose_record_size > output::firehose::MAX_RECORD_BYTES as u64
+        {
+            return Err(format!(
+                "--firehose-record-size must be between 1 and {} bytes (1000KiB)",
+                output::firehose::MAX_RECORD_BYTES
+            ));
+        }
+        if args.s3_part_size < output::s3::MIN_PART_SIZE {
+            return Err("--s3-part-size must be at least 5MiB".into());
+        }
+        if args
+            .outputs
+            .iter()
+            .any(|o| matches!(o, OutputSpec::S3 { .. }))
+        {
+            output::s3::check_key_template(&args.s3_key_template)?;
+            if args.s3_max_buffered < args.s3_part_size + output::s3::GROUP_OVERHEAD {
+                return Err(format!(
+                    "--s3-max-buffered ({}) must hold at least one part (--s3-part-size {}) plus a compressor ({} bytes)",
+                    args.s3_max_buffered,
+                    args.s3_part_size,
+                    output::s3::GROUP_OVERHEAD
+                ));
+            }
+        }
+        if args.lifecycle.drain_timeout.is_zero() {
+            return Err("--drain-timeout must be above zero".into());
+        }
+        Ok(Self {
+            paths: args.paths,
+            outputs: args.outputs,
+            state_dir: args.state_dir,
+            admin_addr: args.lifecycle.admin_addr,
+            drain_timeout: args.lifecycle.drain_timeout,
+            poll_interval: args.poll_interval,
+            no_watch: args.no_watch,
+            multiline_timeout: args.multiline_timeout,
+            linger: args.linger,
+            firehose_record_size: args.firehose_record_size as usize,
+            s3_key_template: args.s3_key_template,
+            s3_max_object_size: args.s3_max_object_size,
+            s3_max_object_age: args.s3_max_object_age,
+            s3_max_buffered: args.s3_max_buffered,
+            s3_part_size: args.s3_part_size,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -229,21 +271,14 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("256KiB").unwrap(), 256 * 1024);
-        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-    }
-
-    #[test]
     fn healthcheck_needs_no_output() {
-        let cli = Cli::try_parse_from(["logship", "healthcheck"]).unwrap();
+        use airside_core::daemon::parse_without_env;
+        let cli: Cli = parse_without_env(&["logship", "healthcheck"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Healthcheck { .. })));
-        assert!(Cli::try_parse_from(["logship"]).is_err());
-        let cli = Cli::try_parse_from(["logship", "--output", "stdout"]).unwrap();
-        assert_eq!(cli.ship.paths, vec!["/opt/airflow/logs/**/*.log"]);
-        assert_eq!(cli.ship.shutdown_timeout, Duration::from_secs(25));
+        assert!(parse_without_env::<Cli>(&["logship"]).is_err());
+        let cli: Cli = parse_without_env(&["logship", "--output", "stdout"]).unwrap();
+        let config = Config::from_args(cli.args).unwrap();
+        assert_eq!(config.paths, vec!["/opt/airflow/logs/**/*.log"]);
+        assert_eq!(config.drain_timeout, Duration::from_secs(25));
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! [`run`] wires these together under one shutdown token: on SIGTERM discovery
 //! stops, every file is read to where it ended when the signal came, outputs
-//! deliver, checkpoints are committed, all within `--shutdown-timeout`.
+//! deliver, checkpoints are committed, all within `--drain-timeout`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,6 +23,7 @@ pub mod output;
 pub mod record;
 pub mod state;
 pub mod tail;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,10 +36,12 @@ use airside_core::exit::HasExitCode;
 use airside_core::shutdown::{DrainTimedOut, Shutdown, drain};
 use tokio::sync::mpsc;
 
+pub use crate::config::Config;
 use crate::config::{OutputSpec, ShipArgs};
 use crate::output::{Acker, Output, OutputError};
 use crate::state::{Ledger, StateError};
 use crate::tail::{TailError, TailSettings, Tailer};
+use airside_core::daemon::{Allocator, Daemon, Runtime};
 
 /// How often checkpoints are written when nothing was acknowledged (new files).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -77,51 +80,15 @@ pub enum Error {
 impl HasExitCode for Error {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config(_) | Error::Admin(_) | Error::Aws(_) => ExitCode::Usage,
+            Error::Config(_) => ExitCode::Usage,
+            Error::Admin(e) => e.exit_code(),
+            Error::Aws(e) => e.exit_code(),
             Error::Tail(TailError::Glob { .. }) => ExitCode::Usage,
             Error::State(_) => ExitCode::Destination,
             Error::Output(e) => e.class.exit_code(),
             Error::Tail(_) | Error::Drain(_) | Error::Internal(_) => ExitCode::Other,
         }
     }
-}
-
-fn validate(args: &ShipArgs) -> Result<(), Error> {
-    if args.paths.is_empty() {
-        return Err(Error::Config("--path needs at least one glob".into()));
-    }
-    if args.firehose_record_size == 0
-        || args.firehose_record_size > output::firehose::MAX_RECORD_BYTES as u64
-    {
-        return Err(Error::Config(format!(
-            "--firehose-record-size must be between 1 and {} bytes (1000KiB)",
-            output::firehose::MAX_RECORD_BYTES
-        )));
-    }
-    if args.s3_part_size < output::s3::MIN_PART_SIZE {
-        return Err(Error::Config("--s3-part-size must be at least 5MiB".into()));
-    }
-    if args
-        .outputs
-        .iter()
-        .any(|o| matches!(o, OutputSpec::S3 { .. }))
-    {
-        output::s3::check_key_template(&args.s3_key_template).map_err(Error::Config)?;
-        if args.s3_max_buffered < args.s3_part_size + output::s3::GROUP_OVERHEAD {
-            return Err(Error::Config(format!(
-                "--s3-max-buffered ({}) must hold at least one part (--s3-part-size {}) plus a compressor ({} bytes)",
-                args.s3_max_buffered,
-                args.s3_part_size,
-                output::s3::GROUP_OVERHEAD
-            )));
-        }
-    }
-    if args.shutdown_timeout.is_zero() {
-        return Err(Error::Config(
-            "--shutdown-timeout must be above zero".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn host_name(ecs: Option<&TaskMetadata>) -> String {
@@ -138,37 +105,95 @@ fn host_name(ecs: Option<&TaskMetadata>) -> String {
         .unwrap_or_else(|| "logship".into())
 }
 
-/// Runs logship until `shutdown`, then drains within `--shutdown-timeout`.
-pub async fn run(args: ShipArgs, shutdown: Shutdown) -> Result<(), Error> {
-    validate(&args)?;
-    let (ledger, restored) = Ledger::open(&args.state_dir, args.outputs.len())?;
+/// The AWS clients logship's outputs use; `None` where no output needs one. Tests hand
+/// in clients of their own (a fault proxy, the emulator).
+#[derive(Clone, Default)]
+pub struct Clients {
+    /// For `firehose:` outputs.
+    pub firehose: Option<aws_sdk_firehose::Client>,
+    /// For `s3://` outputs.
+    pub s3: Option<aws_sdk_s3::Client>,
+}
+
+impl Clients {
+    /// Builds the clients `config`'s outputs need from the environment's AWS settings.
+    pub async fn from_env(config: &Config) -> Result<Self, AwsSetupError> {
+        let wants = |f: fn(&OutputSpec) -> bool| config.outputs.iter().any(f);
+        let wants_firehose = wants(|o| matches!(o, OutputSpec::Firehose { .. }));
+        let wants_s3 = wants(|o| matches!(o, OutputSpec::S3 { .. }));
+        if !wants_firehose && !wants_s3 {
+            return Ok(Self::default());
+        }
+        let sdk = airside_core::aws::load(&AwsSettings::default()).await?;
+        Ok(Self {
+            firehose: wants_firehose.then(|| aws_sdk_firehose::Client::new(&sdk)),
+            s3: wants_s3.then(|| {
+                let conf = aws_sdk_s3::config::Builder::from(&sdk)
+                    .force_path_style(airside_core::aws::use_path_style(&sdk))
+                    .build();
+                aws_sdk_s3::Client::from_conf(conf)
+            }),
+        })
+    }
+}
+
+/// logship as the core's [`Daemon`]: `main` is `airside_core::daemon::main::<Logship>()`.
+pub struct Logship;
+
+impl Daemon for Logship {
+    const NAME: &'static str = "logship";
+    // Every Firehose call builds a body of up to 2.7 MB (base64 JSON): reuse those
+    // buffers rather than fault in fresh pages for each call.
+    const ALLOCATOR: Allocator = Allocator::KeepFreedBuffers(8 << 20);
+    const RUNTIME: Runtime = Runtime::MultiThread { workers: 2 };
+    type Cli = config::Cli;
+    type Config = Config;
+    type Deps = Clients;
+    type Error = Error;
+
+    fn config(args: ShipArgs) -> Result<Config, String> {
+        Config::from_args(args)
+    }
+
+    async fn connect(config: &Config) -> Result<Clients, Error> {
+        Ok(Clients::from_env(config).await?)
+    }
+
+    async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result<(), Error> {
+        run(config, clients, shutdown).await
+    }
+}
+
+/// Runs logship until `shutdown`, then drains within `--drain-timeout`. The admin server
+/// answers until the drain is over.
+pub async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result<(), Error> {
+    let (ledger, restored) = Ledger::open(&config.state_dir, config.outputs.len())?;
     let ledger = Arc::new(ledger);
     let unreadable = tail::Unreadable::default();
     let report = unreadable.clone();
     let readiness = Readiness::new("checking outputs").with_detail(move || report.describe());
-    let admin = AdminServer::bind(args.admin_addr, readiness.clone()).await?;
-    let admin_stop = Shutdown::new();
-    let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
-    let result = run_inner(
-        args,
-        shutdown,
-        ledger.clone(),
-        restored,
-        readiness,
-        unreadable,
-    )
-    .await;
+    let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
+    let result = admin
+        .serve_during(run_inner(
+            config,
+            clients,
+            shutdown,
+            ledger.clone(),
+            restored,
+            readiness,
+            unreadable,
+        ))
+        .await;
     // Whatever happened, keep what was acknowledged.
     if let Err(e) = ledger.persist() {
         tracing::error!(error = %e, "cannot write the final checkpoint");
     }
-    admin_stop.cancel();
-    let _ = admin_task.await;
     result
 }
 
 async fn run_inner(
-    args: ShipArgs,
+    args: Config,
+    clients: Clients,
     shutdown: Shutdown,
     ledger: Arc<Ledger>,
     restored: Vec<state::Entry>,
@@ -183,14 +208,10 @@ async fn run_inner(
         }
         None => None,
     };
-    let needs_aws = args
-        .outputs
-        .iter()
-        .any(|o| !matches!(o, OutputSpec::Stdout));
-    let sdk = if needs_aws {
-        Some(airside_core::aws::load(&AwsSettings::default()).await?)
-    } else {
-        None
+    let missing = |what: &str| {
+        Error::Config(format!(
+            "an {what} output is configured but no {what} client was given"
+        ))
     };
     let mut outputs = Vec::new();
     for (index, spec) in args.outputs.iter().enumerate() {
@@ -198,11 +219,14 @@ async fn run_inner(
         let out = match spec {
             OutputSpec::Stdout => Some(Output::Stdout(output::stdout::StdoutOutput::new(acker))),
             OutputSpec::Firehose { stream } => {
-                let client = aws_sdk_firehose::Client::new(sdk.as_ref().expect("loaded above"));
+                let client = clients
+                    .firehose
+                    .clone()
+                    .ok_or_else(|| missing("firehose"))?;
                 output::firehose::FirehoseOutput::connect(
                     client,
                     stream,
-                    args.firehose_record_size as usize,
+                    args.firehose_record_size,
                     args.linger,
                     acker,
                     &shutdown,
@@ -211,11 +235,7 @@ async fn run_inner(
                 .map(Output::Firehose)
             }
             OutputSpec::S3 { bucket, prefix } => {
-                let sdk = sdk.as_ref().expect("loaded above");
-                let conf = aws_sdk_s3::config::Builder::from(sdk)
-                    .force_path_style(airside_core::aws::use_path_style(sdk))
-                    .build();
-                let client = aws_sdk_s3::Client::from_conf(conf);
+                let client = clients.s3.clone().ok_or_else(|| missing("s3"))?;
                 let settings = output::s3::S3Settings {
                     bucket: bucket.clone(),
                     prefix: prefix.clone(),
@@ -294,7 +314,7 @@ async fn run_inner(
         r = &mut work => r,
         _ = shutdown.cancelled() => {
             let started = Instant::now();
-            let r = match drain(args.shutdown_timeout, &mut work).await {
+            let r = match drain(args.drain_timeout, &mut work).await {
                 Ok(r) => r,
                 Err(t) => Err(Error::Drain(t)),
             };
@@ -322,14 +342,15 @@ async fn checkpoint_loop(ledger: Arc<Ledger>, stop: Shutdown) {
         match tokio::task::spawn_blocking(move || l.persist()).await {
             Ok(Ok(true)) => {
                 last_write = Instant::now();
-                metrics::counter!("logship_checkpoint_writes_total").increment(1);
+                metrics::counter!(crate::telemetry::CHECKPOINT_WRITES_TOTAL).increment(1);
             }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoints; will retry"),
             Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
         }
         tokio::time::sleep(CHECKPOINT_MIN_GAP).await;
-        metrics::gauge!("logship_checkpoint_age_seconds").set(last_write.elapsed().as_secs_f64());
+        metrics::gauge!(crate::telemetry::CHECKPOINT_AGE_SECONDS)
+            .set(last_write.elapsed().as_secs_f64());
     }
 }
 

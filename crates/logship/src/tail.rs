@@ -118,7 +118,7 @@ impl Unreadable {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (path, why) in &now {
             if !map.contains_key(path) {
-                metrics::counter!("logship_files_unreadable_total").increment(1);
+                metrics::counter!(crate::telemetry::FILES_UNREADABLE_TOTAL).increment(1);
                 tracing::warn!(
                     path = %path,
                     error = %why,
@@ -133,7 +133,7 @@ impl Unreadable {
             }
         }
         *map = now;
-        metrics::gauge!("logship_files_unreadable").set(map.len() as f64);
+        metrics::gauge!(crate::telemetry::FILES_UNREADABLE).set(map.len() as f64);
     }
 }
 
@@ -567,7 +567,7 @@ impl Tailer {
                     // Our own reads show up as access events: ignore them.
                     EventKind::Access(_) => return,
                 };
-                metrics::counter!("logship_watch_events_total").increment(1);
+                metrics::counter!(crate::telemetry::WATCH_EVENTS_TOTAL).increment(1);
                 // A full queue only means a wake-up is already pending.
                 let _ = tx.try_send(structural);
             };
@@ -637,7 +637,7 @@ impl Tailer {
             }
         }
         self.deferred.retain(|k, _| seen.contains(k));
-        metrics::gauge!("logship_files_followed").set(self.streams.len() as f64);
+        metrics::gauge!(crate::telemetry::FILES_FOLLOWED).set(self.streams.len() as f64);
     }
 
     fn found(&mut self, path: PathBuf, md: &std::fs::Metadata, why: &'static str) {
@@ -714,7 +714,8 @@ impl Tailer {
                     file,
                     e.offset,
                 );
-                metrics::counter!("logship_files_discovered_total", "via" => why).increment(1);
+                metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why)
+                    .increment(1);
                 return;
             }
             // The inode was reused for a new file.
@@ -740,7 +741,7 @@ impl Tailer {
                 file,
                 r.resume,
             );
-            metrics::counter!("logship_files_discovered_total", "via" => why).increment(1);
+            metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why).increment(1);
             return;
         }
         // 3. Same first line as a followed file: perhaps a copy about to become the
@@ -762,7 +763,7 @@ impl Tailer {
         let meta = Arc::new(FileMeta::new(&path_text, id, self.ecs.as_ref()));
         tracing::info!(path = %path_text, id = %meta.id_hex, "following new file");
         self.follow(id, key, fp, fp_len, generation, path, meta, file, 0);
-        metrics::counter!("logship_files_discovered_total", "via" => why).increment(1);
+        metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why).increment(1);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -829,7 +830,7 @@ impl Tailer {
                 Read::Nothing => {}
                 Read::Data(chunk, n) => {
                     moved |= n > 0;
-                    metrics::counter!("logship_bytes_read_total").increment(n as u64);
+                    metrics::counter!(crate::telemetry::BYTES_READ_TOTAL).increment(n as u64);
                     if let Some(c) = chunk {
                         self.send(c).await?;
                     }
@@ -856,7 +857,7 @@ impl Tailer {
             self.send(c).await?;
         }
         tracing::info!(path = %st.path.display(), at = st.line_start, "file truncated (copytruncate); reading it again from the start");
-        metrics::counter!("logship_rotations_total", "kind" => "truncate").increment(1);
+        metrics::counter!(crate::telemetry::ROTATIONS_TOTAL, "kind" => "truncate").increment(1);
         self.generations
             .insert((st.dev, st.ino), st.generation.saturating_add(1));
         self.ledger.retire(id);
@@ -921,7 +922,7 @@ impl Tailer {
                 self.send(c).await?;
             }
             tracing::info!(path = %st.path.display(), "file rotated away or deleted and read to its end");
-            metrics::counter!("logship_rotations_total", "kind" => "rename").increment(1);
+            metrics::counter!(crate::telemetry::ROTATIONS_TOTAL, "kind" => "rename").increment(1);
             self.ledger.finish(id, st.line_start);
         }
         let expired: Vec<u64> = self
@@ -942,13 +943,13 @@ impl Tailer {
                 Some(size.saturating_sub(self.ledger.committed(st.id).unwrap_or(0)))
             })
             .sum();
-        metrics::gauge!("logship_bytes_behind").set(behind as f64);
-        metrics::gauge!("logship_files_followed").set(self.streams.len() as f64);
+        metrics::gauge!(crate::telemetry::BYTES_BEHIND).set(behind as f64);
+        metrics::gauge!(crate::telemetry::FILES_FOLLOWED).set(self.streams.len() as f64);
         Ok(())
     }
 
     async fn send(&self, chunk: Chunk) -> Result<(), TailError> {
-        metrics::counter!("logship_records_read_total").increment(chunk.ends.len() as u64);
+        metrics::counter!(crate::telemetry::RECORDS_READ_TOTAL).increment(chunk.ends.len() as u64);
         let chunk = Arc::new(chunk);
         for tx in &self.outputs {
             tx.send(chunk.clone())

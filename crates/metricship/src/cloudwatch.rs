@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use airside_core::aws::{ErrorClass, classify, describe};
 use airside_core::backoff::Backoff;
+use airside_core::retry::{ACCESS_DENIED_ATTEMPTS, Retry, Verdict};
 use airside_core::shutdown::Shutdown;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, StatisticSet};
 use tokio::sync::Notify;
 
-use crate::aggregate::{Datum, DatumValue};
+use crate::datum::{Datum, DatumValue};
 
 /// PutMetricData's limit of datums per request.
 pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
@@ -250,9 +251,6 @@ pub enum PublishError {
     },
 }
 
-/// Consecutive access-denied answers tolerated (credentials can be rotated under us).
-const ACCESS_DENIED_ATTEMPTS: u32 = 5;
-
 /// Sends backlog batches to CloudWatch, one request at a time, oldest first.
 #[derive(Clone)]
 pub struct Publisher {
@@ -299,8 +297,7 @@ impl Publisher {
     /// cancelled, waits for new batches; once it is, returns when the backlog is empty
     /// (the caller bounds that drain with a timeout).
     pub async fn run(&self, stop: Shutdown) -> Result<(), PublishError> {
-        let mut attempt: u32 = 0;
-        let mut denied: u32 = 0;
+        let mut retry = Retry::daemon(self.backoff);
         loop {
             let batch = self.backlog.lock().expect("backlog lock").front();
             let Some((seq, batch)) = batch else {
@@ -322,35 +319,32 @@ impl Publisher {
                 .set_metric_data(Some(datums))
                 .send()
                 .await;
-            metrics::histogram!("metricship_cloudwatch_request_seconds")
+            metrics::histogram!(crate::telemetry::CLOUDWATCH_REQUEST_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(_) => {
                     self.backlog.lock().expect("backlog lock").pop_sent(seq);
-                    metrics::counter!("metricship_cloudwatch_datums_sent_total")
+                    metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_SENT_TOTAL)
                         .increment(batch.len() as u64);
-                    metrics::counter!("metricship_cloudwatch_requests_total", "result" => "ok")
+                    metrics::counter!(crate::telemetry::CLOUDWATCH_REQUESTS_TOTAL, "result" => "ok")
                         .increment(1);
                     tracing::debug!(datums = batch.len(), "PutMetricData sent");
-                    attempt = 0;
-                    denied = 0;
+                    retry.succeeded();
                 }
                 Err(e) => {
                     let class = classify(&e);
                     let message = describe(&e);
-                    metrics::counter!("metricship_cloudwatch_errors_total", "class" => class.as_str())
+                    metrics::counter!(crate::telemetry::CLOUDWATCH_ERRORS_TOTAL, "class" => class.as_str())
                         .increment(1);
-                    match class {
-                        ErrorClass::AccessDenied => {
-                            denied += 1;
-                            if denied >= ACCESS_DENIED_ATTEMPTS {
-                                return Err(PublishError::AccessDenied {
-                                    attempts: denied,
-                                    message,
-                                });
-                            }
+                    let delay = match retry.failed(class) {
+                        Verdict::RetryAfter(delay) => delay,
+                        Verdict::GiveUp if class == ErrorClass::AccessDenied => {
+                            return Err(PublishError::AccessDenied {
+                                attempts: ACCESS_DENIED_ATTEMPTS,
+                                message,
+                            });
                         }
-                        ErrorClass::Invalid | ErrorClass::NotFound => {
+                        Verdict::GiveUp => {
                             // CloudWatch rejects the whole request for one bad datum. Every
                             // datum passed the documented rules (`rules`), so this is a rule
                             // we do not know: halve the request until the datum it rejects
@@ -358,14 +352,14 @@ impl Publisher {
                             let mut backlog = self.backlog.lock().expect("backlog lock");
                             if backlog.split(seq) {
                                 drop(backlog);
-                                metrics::counter!("metricship_cloudwatch_batches_split_total")
+                                metrics::counter!(crate::telemetry::CLOUDWATCH_BATCHES_SPLIT_TOTAL)
                                     .increment(1);
                                 tracing::warn!(datums = batch.len(), error = %message, "CloudWatch rejected a request; splitting it to find the datum it rejects");
                                 continue;
                             }
                             backlog.pop_sent(seq);
                             drop(backlog);
-                            metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "rejected")
+                            metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "rejected")
                                 .increment(batch.len() as u64);
                             let first = batch.first();
                             tracing::error!(
@@ -377,10 +371,7 @@ impl Publisher {
                             );
                             continue;
                         }
-                        ErrorClass::Transient | ErrorClass::Throttled => {}
-                    }
-                    let delay = self.backoff.delay(attempt);
-                    attempt = attempt.saturating_add(1);
+                    };
                     tracing::warn!(error = %message, class = class.as_str(), retry_in = ?delay, datums = batch.len(), "PutMetricData failed; retrying");
                     if stop.is_cancelled() {
                         // Draining: retry promptly within the caller's grace period.
@@ -400,7 +391,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Unit;
+    use crate::datum::Unit;
     use std::time::SystemTime;
 
     fn d(name: &str, value: DatumValue) -> Datum {

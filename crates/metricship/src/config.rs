@@ -4,12 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airside_core::config::{parse_bytes, parse_duration, parse_socket_addr};
-use clap::{Args, Parser, Subcommand};
+use airside_core::config::{parse_bytes, parse_duration};
 
 use crate::ingest::{Listen, parse_listen};
-
-airside_core::log_args!(LogArgs, "METRICSHIP_LOG_FORMAT", "METRICSHIP_LOG");
 
 /// The CloudWatch allowlist used when none is given: the autoscaling signal and
 /// a few scheduler health metrics.
@@ -28,51 +25,25 @@ pub const DEFAULT_ALLOWLIST: &[&str] = &[
     "airflow_dag_processing_import_errors",
 ];
 
-/// Receives Airflow's StatsD, serves Prometheus, publishes an allowlisted set to
-/// CloudWatch and computes the signal that scales Celery workers.
-#[derive(Debug, Parser)]
-#[command(
-    name = "metricship",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    /// What to do (default: run the daemon).
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Daemon settings.
-    #[command(flatten)]
-    pub config: Config,
-    /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
+airside_core::daemon_cli! {
+    name: "metricship",
+    prefix: "METRICSHIP",
+    about: "Receives Airflow's StatsD, serves Prometheus, publishes an allowlisted set to CloudWatch and computes the signal that scales Celery workers.",
+    admin: "127.0.0.1:9402",
+    drain: "20s",
+    args: Args,
 }
 
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Exit 0 when the running daemon's /readyz answers 200 (for ECS health checks).
-    Healthcheck {
-        /// The daemon's admin address.
-        #[arg(long, env = "METRICSHIP_ADMIN_ADDR", default_value = "127.0.0.1:9402", value_parser = parse_socket_addr)]
-        admin_addr: SocketAddr,
-        /// How long to wait for an answer.
-        #[arg(long, env = "METRICSHIP_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
-}
-
-/// How the daemon runs.
-#[derive(Debug, Clone, Args)]
-pub struct Config {
+/// The daemon's flags, as parsed; [`Config::from_args`] validates them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
     /// Where StatsD arrives: IP:PORT (UDP) or unix:///path (a unix datagram socket).
     #[arg(long, env = "METRICSHIP_STATSD_ADDR", default_value = "127.0.0.1:8125", value_parser = parse_listen)]
     pub statsd_addr: Listen,
 
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "METRICSHIP_ADMIN_ADDR", default_value = "127.0.0.1:9402", value_parser = parse_socket_addr)]
-    pub admin_addr: SocketAddr,
+    /// Admin address and drain bound (on SIGTERM, how long to keep sending the backlog).
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
 
     /// CloudWatch namespace.
     #[arg(long, env = "METRICSHIP_NAMESPACE", default_value = "Airflow")]
@@ -153,10 +124,6 @@ pub struct Config {
     /// Datums kept while CloudWatch is unreachable; beyond it the oldest are dropped.
     #[arg(long, env = "METRICSHIP_BACKLOG_DATUMS", default_value_t = 20_000)]
     pub backlog_datums: usize,
-
-    /// On SIGTERM, how long to keep sending the backlog (keep it below the task's stopTimeout).
-    #[arg(long, env = "METRICSHIP_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
 }
 
 fn parse_dimension(text: &str) -> Result<(String, String), String> {
@@ -170,7 +137,99 @@ fn parse_dimension(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A validated configuration: what [`crate::run`] runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of /healthz, /readyz and /metrics.
+    pub admin_addr: SocketAddr,
+    /// On SIGTERM, how long to keep sending the backlog.
+    pub drain_timeout: Duration,
+    /// See `--statsd-addr`.
+    pub statsd_addr: Listen,
+    /// See `--namespace`.
+    pub namespace: String,
+    /// See `--flush-interval`.
+    pub flush_interval: Duration,
+    /// See `--dimension`.
+    pub dimensions: Vec<(String, String)>,
+    /// See `--mapping`.
+    pub mapping: Option<PathBuf>,
+    /// See `--no-cloudwatch`.
+    pub no_cloudwatch: bool,
+    /// See `--emf`.
+    pub emf: bool,
+    /// See `--worker-concurrency`.
+    pub worker_concurrency: u32,
+    /// See `--min-workers`.
+    pub min_workers: u32,
+    /// See `--max-workers`.
+    pub max_workers: u32,
+    /// See `--high-resolution`.
+    pub high_resolution: bool,
+    /// See `--cloudwatch-allow`.
+    pub cloudwatch_allow: Vec<String>,
+    /// See `--freshness-window`.
+    pub freshness_window: Duration,
+    /// See `--max-series`.
+    pub max_series: usize,
+    /// See `--memory-budget`.
+    pub memory_budget: u64,
+    /// See `--series-ttl`.
+    pub series_ttl: Duration,
+    /// See `--statsd-prefix`.
+    pub statsd_prefix: String,
+    /// See `--recv-buffer`.
+    pub recv_buffer: usize,
+    /// See `--backlog-datums`.
+    pub backlog_datums: usize,
+}
+
 impl Config {
+    /// Validates the flags. Errors read as instructions.
+    pub fn from_args(args: Args) -> Result<Self, String> {
+        if args.flush_interval < Duration::from_millis(100) {
+            return Err("--flush-interval must be at least 100ms".into());
+        }
+        if args.min_workers > args.max_workers {
+            return Err(format!(
+                "--min-workers ({}) is above --max-workers ({})",
+                args.min_workers, args.max_workers
+            ));
+        }
+        if args.namespace.is_empty() || args.namespace.starts_with("AWS/") {
+            return Err(format!(
+                "--namespace {:?} is not usable for custom metrics",
+                args.namespace
+            ));
+        }
+        if args.lifecycle.drain_timeout.is_zero() {
+            return Err("--drain-timeout must be above zero".into());
+        }
+        Ok(Self {
+            admin_addr: args.lifecycle.admin_addr,
+            drain_timeout: args.lifecycle.drain_timeout,
+            statsd_addr: args.statsd_addr,
+            namespace: args.namespace,
+            flush_interval: args.flush_interval,
+            dimensions: args.dimensions,
+            mapping: args.mapping,
+            no_cloudwatch: args.no_cloudwatch,
+            emf: args.emf,
+            worker_concurrency: args.worker_concurrency,
+            min_workers: args.min_workers,
+            max_workers: args.max_workers,
+            high_resolution: args.high_resolution,
+            cloudwatch_allow: args.cloudwatch_allow,
+            freshness_window: args.freshness_window,
+            max_series: args.max_series,
+            memory_budget: args.memory_budget,
+            series_ttl: args.series_ttl,
+            statsd_prefix: args.statsd_prefix,
+            recv_buffer: args.recv_buffer,
+            backlog_datums: args.backlog_datums,
+        })
+    }
+
     /// The allowlist in force.
     pub fn allowlist(&self) -> Vec<String> {
         if self.cloudwatch_allow.is_empty() {
@@ -180,9 +239,12 @@ impl Config {
         }
     }
 
-    /// A configuration with every default, for tests and embedding.
+    /// A configuration with every default (whatever `METRICSHIP_*` variables are set),
+    /// for tests and embedding.
     pub fn defaults() -> Self {
-        Cli::parse_from(["metricship"]).config
+        let cli: Cli =
+            airside_core::daemon::parse_without_env(&["metricship"]).expect("the defaults parse");
+        Self::from_args(cli.args).expect("the defaults are valid")
     }
 }
 
@@ -222,7 +284,7 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let c = Cli::try_parse_from([
+        let cli: Cli = airside_core::daemon::parse_without_env(&[
             "metricship",
             "--dimension",
             "Cluster=prod",
@@ -235,8 +297,8 @@ mod tests {
             "--statsd-addr",
             "unix:///run/statsd.sock",
         ])
-        .unwrap()
-        .config;
+        .unwrap();
+        let c = Config::from_args(cli.args).unwrap();
         assert_eq!(
             c.dimensions,
             vec![
@@ -246,10 +308,10 @@ mod tests {
         );
         assert_eq!(c.flush_interval, Duration::from_secs(2));
         assert_eq!(c.allowlist(), vec!["airflow_*".to_string()]);
-        assert!(Cli::try_parse_from(["metricship", "--dimension", "nope"]).is_err());
-        assert!(Cli::try_parse_from(["metricship", "--worker-concurrency", "0"]).is_err());
-        let h = Cli::try_parse_from(["metricship", "healthcheck", "--admin-addr", "127.0.0.1:1"])
-            .unwrap();
+        let parse = airside_core::daemon::parse_without_env::<Cli>;
+        assert!(parse(&["metricship", "--dimension", "nope"]).is_err());
+        assert!(parse(&["metricship", "--worker-concurrency", "0"]).is_err());
+        let h = parse(&["metricship", "healthcheck", "--admin-addr", "127.0.0.1:1"]).unwrap();
         assert!(matches!(h.command, Some(Command::Healthcheck { .. })));
     }
 }

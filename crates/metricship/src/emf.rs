@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{Map, Value, json};
 
-use crate::aggregate::{Datum, DatumValue};
+use crate::datum::{Datum, DatumValue};
 
 /// EMF's limit of values per metric.
 pub const MAX_EMF_VALUES: usize = 100;
@@ -79,7 +79,7 @@ pub fn line(namespace: &str, d: &Datum) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Unit;
+    use crate::datum::Unit;
     use std::time::{Duration, SystemTime};
 
     fn datum(value: DatumValue) -> Datum {

@@ -274,7 +274,8 @@ impl std::fmt::Display for Listen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{AggregatorSettings, Allowlist};
+    use crate::aggregate::AggregatorSettings;
+    use crate::datum::Allowlist;
 
     #[test]
     fn proc_net_udp_drops_column() {

@@ -8,49 +8,58 @@
 //!    [`aggregate::Aggregator`] — [`statsd`] parses, [`mapping`] (the user's
 //!    rules, then the built-in [`catalogue`]) names the series, and
 //!    [`signal`] picks out the autoscaling inputs.
-//! 2. Prometheus scrapes render the cumulative state ([`prometheus`]).
-//! 3. Every flush interval the aggregator's interval state becomes datums: the
-//!    allowlisted series plus QueueDepth, TaskDemand, DesiredWorkers and the
-//!    `celery.queue_depth` alias (withheld while the scheduler is silent). They
-//!    go to CloudWatch through a bounded backlog ([`cloudwatch`]), or as EMF
-//!    lines on stdout ([`emf`]).
+//! 2. Prometheus scrapes render the cumulative state ([`prometheus`]); `health.rs`
+//!    copies metricship's own counters into the registry once a second.
+//! 3. Every flush interval (`flush.rs`) the aggregator's interval state becomes
+//!    [`datum::Datum`]s: the allowlisted series plus QueueDepth, TaskDemand,
+//!    DesiredWorkers and the `celery.queue_depth` alias (withheld while the scheduler
+//!    is silent), checked against CloudWatch's [`rules`]. They go to CloudWatch
+//!    through a bounded backlog ([`cloudwatch`]), or as EMF lines on stdout ([`emf`]).
 //!
-//! [`Daemon::start`] binds and spawns everything and returns the bound
+//! [`Running::start`] binds and spawns everything and returns the bound
 //! addresses (tests use port 0); [`run`] is start + wait, used by `main`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-
 pub mod aggregate;
 pub mod catalogue;
 pub mod cloudwatch;
 pub mod config;
+pub mod datum;
 pub mod emf;
+mod flush;
+mod health;
 pub mod ingest;
 pub mod mapping;
 pub mod prometheus;
 pub mod rules;
 pub mod signal;
 pub mod statsd;
+pub mod telemetry;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use airside_core::ExitCode;
 use airside_core::admin::{AdminServer, Readiness};
 use airside_core::aws::ErrorClass;
 use airside_core::backoff::Backoff;
+use airside_core::daemon::{Allocator, Daemon, Runtime};
 use airside_core::exit::HasExitCode;
+use airside_core::retry::{Retry, Verdict};
 use airside_core::shutdown::{Shutdown, drain};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::aggregate::{Aggregator, AggregatorSettings, Allowlist, Datum, DatumValue, Unit};
-use crate::cloudwatch::{Backlog, BatchKind, PublishError, Publisher, batches};
+use crate::aggregate::{Aggregator, AggregatorSettings};
+use crate::cloudwatch::{Backlog, PublishError, Publisher};
 pub use crate::config::Config;
+use crate::datum::Allowlist;
+use crate::flush::{flush_loop, flush_once};
+use crate::health::export_health;
 use crate::ingest::{Listen, ReceiveCounters, StatsdSocket};
+use crate::prometheus::Exposition;
 use crate::signal::{Input, Signal, SignalSettings};
 
 /// Why the daemon stopped or could not start.
@@ -95,11 +104,12 @@ pub enum Error {
 impl HasExitCode for Error {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config(_) | Error::BindStatsd { .. } | Error::BindAdmin(_) => ExitCode::Usage,
+            Error::Config(_) | Error::BindStatsd { .. } => ExitCode::Usage,
+            Error::BindAdmin(e) => e.exit_code(),
             Error::CloudWatchCheck { class, .. } => class.exit_code(),
             Error::Publish(PublishError::AccessDenied { .. }) => ExitCode::AccessDenied,
-            Error::Aws(airside_core::aws::AwsSetupError::NoRegion) => ExitCode::Usage,
-            Error::Aws(_) | Error::Internal(_) => ExitCode::Other,
+            Error::Aws(e) => e.exit_code(),
+            Error::Internal(_) => ExitCode::Other,
         }
     }
 }
@@ -116,21 +126,21 @@ pub enum Output {
 }
 
 /// State shared by the daemon's tasks.
-struct Shared {
-    config: Config,
-    aggregator: Arc<Mutex<Aggregator>>,
-    signal_settings: SignalSettings,
-    allowlist: Allowlist,
-    last_signal: Mutex<Option<Signal>>,
-    missing_inputs: Mutex<Vec<Input>>,
-    backlog: Arc<Mutex<Backlog>>,
-    wake: Arc<Notify>,
-    output: Output,
-    counters: Arc<ReceiveCounters>,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) aggregator: Arc<Mutex<Aggregator>>,
+    pub(crate) signal_settings: SignalSettings,
+    pub(crate) allowlist: Allowlist,
+    pub(crate) last_signal: Mutex<Option<Signal>>,
+    pub(crate) missing_inputs: Mutex<Vec<Input>>,
+    pub(crate) backlog: Arc<Mutex<Backlog>>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) output: Output,
+    pub(crate) counters: Arc<ReceiveCounters>,
 }
 
 /// A started daemon.
-pub struct Daemon {
+pub struct Running {
     statsd: Listen,
     admin_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -147,7 +157,33 @@ pub struct Daemon {
 
 /// Runs the daemon until `shutdown`, then flushes the last interval and drains.
 pub async fn run(config: Config, output: Output, shutdown: Shutdown) -> Result<(), Error> {
-    Daemon::start(config, output, shutdown).await?.wait().await
+    Running::start(config, output, shutdown).await?.wait().await
+}
+
+/// metricship as the core's [`Daemon`]: `main` is `airside_core::daemon::main::<Metricship>()`.
+pub struct Metricship;
+
+impl Daemon for Metricship {
+    const NAME: &'static str = "metricship";
+    const ALLOCATOR: Allocator = Allocator::Default;
+    // The receive thread is separate; two workers serve admin, flush and publish.
+    const RUNTIME: Runtime = Runtime::MultiThread { workers: 2 };
+    type Cli = config::Cli;
+    type Config = Config;
+    type Deps = Output;
+    type Error = Error;
+
+    fn config(args: config::Args) -> Result<Config, String> {
+        Config::from_args(args)
+    }
+
+    async fn connect(config: &Config) -> Result<Output, Error> {
+        output_for(config).await
+    }
+
+    async fn run(config: Config, output: Output, shutdown: Shutdown) -> Result<(), Error> {
+        run(config, output, shutdown).await
+    }
 }
 
 /// Builds the output `config` asks for, loading AWS settings when CloudWatch is used.
@@ -166,26 +202,9 @@ pub async fn output_for(config: &Config) -> Result<Output, Error> {
     Ok(Output::CloudWatch(aws_sdk_cloudwatch::Client::new(&sdk)))
 }
 
-impl Daemon {
+impl Running {
     /// Binds the sockets, checks CloudWatch in the background, and spawns the tasks.
     pub async fn start(config: Config, output: Output, shutdown: Shutdown) -> Result<Self, Error> {
-        if config.flush_interval < Duration::from_millis(100) {
-            return Err(Error::Config(
-                "--flush-interval must be at least 100ms".into(),
-            ));
-        }
-        if config.min_workers > config.max_workers {
-            return Err(Error::Config(format!(
-                "--min-workers ({}) is above --max-workers ({})",
-                config.min_workers, config.max_workers
-            )));
-        }
-        if config.namespace.is_empty() || config.namespace.starts_with("AWS/") {
-            return Err(Error::Config(format!(
-                "--namespace {:?} is not usable for custom metrics",
-                config.namespace
-            )));
-        }
         let mut mapper = match &config.mapping {
             Some(path) => {
                 mapping::Mapper::from_file(path).map_err(|e| Error::Config(e.to_string()))?
@@ -413,7 +432,7 @@ impl Daemon {
                 Ok(Err(e)) => tracing::error!(error = %e, "publisher task failed"),
                 Err(timeout) => {
                     let left = self.shared.backlog.lock().expect("backlog").datums();
-                    metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "shutdown")
+                    metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "shutdown")
                         .increment(left as u64);
                     tracing::error!(datums_lost = left, %timeout, "backlog not drained before the drain timeout");
                 }
@@ -434,7 +453,7 @@ async fn check_cloudwatch(
     shutdown: Shutdown,
     backoff: Backoff,
 ) {
-    let mut attempt = 0u32;
+    let mut retry = Retry::daemon(backoff);
     loop {
         match publisher.check().await {
             Ok(()) => {
@@ -444,372 +463,24 @@ async fn check_cloudwatch(
             }
             Err((class, message)) => {
                 readiness.set_not_ready(format!("CloudWatch check failed: {message}"));
-                if !class.is_retryable() && (class != ErrorClass::AccessDenied || attempt >= 4) {
-                    let _ = fatal
-                        .send(Error::CloudWatchCheck {
-                            namespace,
-                            class,
-                            message,
-                        })
-                        .await;
+                let delay = match retry.failed(class) {
+                    Verdict::RetryAfter(delay) => delay,
+                    Verdict::GiveUp => {
+                        let _ = fatal
+                            .send(Error::CloudWatchCheck {
+                                namespace,
+                                class,
+                                message,
+                            })
+                            .await;
+                        return;
+                    }
+                };
+                tracing::warn!(error = %message, class = class.as_str(), retry_in = ?delay, "CloudWatch check failed; retrying");
+                if airside_core::shutdown::sleep_or_shutdown(delay, &shutdown).await {
                     return;
                 }
-                tracing::warn!(error = %message, class = class.as_str(), "CloudWatch check failed; retrying");
-                if airside_core::shutdown::sleep_or_shutdown(backoff.delay(attempt), &shutdown)
-                    .await
-                {
-                    return;
-                }
-                attempt += 1;
             }
         }
-    }
-}
-
-async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
-    let period = shared.config.flush_interval;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let shared = shared.clone();
-        // Flushing walks every series: off the async workers.
-        if let Err(e) =
-            tokio::task::spawn_blocking(move || flush_once(&shared, Instant::now())).await
-        {
-            // A panic in one flush is a bug; the next interval starts afresh (the
-            // aggregator's lock is taken poison-tolerantly), and it is counted and logged.
-            metrics::counter!("metricship_flush_failures_total").increment(1);
-            tracing::error!(error = %e, "flushing an interval failed; its datums are lost");
-        }
-    }
-}
-
-/// Ends one interval: drains the aggregator, computes the signal, checks every datum
-/// against CloudWatch's rules and hands the datums to the output.
-fn flush_once(shared: &Shared, now: Instant) {
-    let at = SystemTime::now();
-    let (series, (signal, missing), live) = {
-        let mut agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
-        let datums = agg.flush(now, at);
-        let signal = agg.signal.compute(&shared.signal_settings, now);
-        (datums, signal, agg.live_series())
-    };
-    *shared.last_signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
-    report_missing_inputs(shared, &missing);
-    let high_resolution = shared.config.high_resolution;
-    let mut signal_datums = Vec::new();
-    for (name, value) in [
-        ("QueueDepth", signal.queue_depth),
-        ("celery.queue_depth", signal.queue_depth),
-        ("TaskDemand", signal.task_demand),
-        ("DesiredWorkers", signal.desired_workers),
-    ] {
-        if !shared.allowlist.allows(name) {
-            continue;
-        }
-        let Some(value) = value else {
-            metrics::counter!("metricship_signal_withheld_total", "metric" => name).increment(1);
-            continue;
-        };
-        signal_datums.push(Datum {
-            name: name.into(),
-            dimensions: Vec::new(),
-            value: DatumValue::Single(value),
-            unit: Unit::Count,
-            high_resolution,
-            timestamp: at,
-        });
-    }
-    let mut invalid: Vec<(rules::DropReason, Arc<str>)> = Vec::new();
-    let mut checked = |datums: Vec<Datum>| -> Vec<Datum> {
-        datums
-            .into_iter()
-            .filter_map(|mut d| {
-                for (k, v) in &shared.config.dimensions {
-                    if !d.dimensions.iter().any(|(dk, _)| dk == k) {
-                        d.dimensions.push((k.clone(), v.clone()));
-                    }
-                }
-                match rules::check(&mut d, at) {
-                    Ok(()) => Some(d),
-                    Err(reason) => {
-                        invalid.push((reason, d.name.clone()));
-                        None
-                    }
-                }
-            })
-            .collect()
-    };
-    let signal_datums = checked(signal_datums);
-    let series = checked(series);
-    report_invalid(&invalid);
-    let count = signal_datums.len() + series.len();
-    tracing::info!(
-        datums = count,
-        invalid = invalid.len(),
-        live_series = live,
-        queue_depth = signal.queue_depth,
-        task_demand = signal.task_demand,
-        desired_workers = signal.desired_workers,
-        "flushed interval"
-    );
-    metrics::counter!("metricship_flushes_total").increment(1);
-    match &shared.output {
-        Output::CloudWatch(_) => {
-            if count == 0 {
-                return;
-            }
-            let mut backlog = shared.backlog.lock().expect("backlog lock");
-            let mut dropped = 0;
-            // The signal goes in a request of its own: a datum CloudWatch rejects
-            // costs its whole request, and no series may cost us the signal.
-            if !signal_datums.is_empty() {
-                dropped += backlog.push(signal_datums, BatchKind::Signal);
-            }
-            for b in batches(series) {
-                dropped += backlog.push(b, BatchKind::Series);
-            }
-            if dropped > 0 {
-                metrics::counter!("metricship_cloudwatch_datums_dropped_total", "reason" => "backlog_full")
-                    .increment(dropped);
-                tracing::warn!(
-                    dropped,
-                    backlog = backlog.datums(),
-                    "CloudWatch backlog full: dropped the oldest datums"
-                );
-            }
-            drop(backlog);
-            shared.wake.notify_one();
-        }
-        Output::Emf => {
-            let written = write_emf(
-                &shared.config.namespace,
-                signal_datums.iter().chain(&series),
-                &mut std::io::stdout().lock(),
-            );
-            match written {
-                Ok(lines) => {
-                    metrics::counter!("metricship_emf_lines_total").increment(lines);
-                }
-                Err(e) => {
-                    metrics::counter!("metricship_emf_write_errors_total").increment(1);
-                    tracing::error!(error = %e, datums = count, "cannot write EMF lines to stdout; this interval's datums are lost");
-                }
-            }
-        }
-        Output::None => {}
-    }
-}
-
-/// Writes one EMF line per datum and flushes; returns the lines written.
-fn write_emf<'a>(
-    namespace: &str,
-    datums: impl Iterator<Item = &'a Datum>,
-    out: &mut impl Write,
-) -> std::io::Result<u64> {
-    let mut lines = 0;
-    for d in datums {
-        writeln!(out, "{}", emf::line(namespace, d))?;
-        lines += 1;
-    }
-    out.flush()?;
-    Ok(lines)
-}
-
-/// Counts the datums that broke a CloudWatch rule, and says once per interval which.
-fn report_invalid(invalid: &[(rules::DropReason, Arc<str>)]) {
-    if invalid.is_empty() {
-        return;
-    }
-    let mut by_reason: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
-    for (reason, name) in invalid {
-        let e = by_reason.entry(reason.as_str()).or_insert((0, name));
-        e.0 += 1;
-    }
-    for (reason, (n, _)) in &by_reason {
-        metrics::counter!("metricship_datums_invalid_total", "reason" => *reason).increment(*n);
-    }
-    tracing::warn!(
-        dropped = invalid.len(),
-        reasons = ?by_reason,
-        "datums that CloudWatch would reject were not sent (reason: (count, an example metric))"
-    );
-}
-
-/// Exports which signal inputs are missing, and logs each change once.
-fn report_missing_inputs(shared: &Shared, missing: &[Input]) {
-    let mut last = shared
-        .missing_inputs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    for input in Input::ALL {
-        metrics::gauge!("metricship_signal_input_missing", "input" => input.as_str())
-            .set(if missing.contains(&input) { 1.0 } else { 0.0 });
-    }
-    if last.as_slice() == missing {
-        return;
-    }
-    let names: Vec<&str> = missing.iter().map(|i| i.as_str()).collect();
-    if missing.is_empty() {
-        tracing::info!("every autoscaling signal input is fresh again");
-    } else {
-        let withheld: Vec<&str> = [
-            (
-                missing.contains(&Input::PoolQueuedSlots),
-                "QueueDepth, celery.queue_depth",
-            ),
-            (
-                missing.contains(&Input::ExecutorQueuedTasks)
-                    || missing.contains(&Input::ExecutorRunningTasks),
-                "TaskDemand, DesiredWorkers",
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(w, m)| w.then_some(m))
-        .collect();
-        tracing::warn!(
-            missing = ?names,
-            withheld = ?withheld,
-            freshness_seconds = shared.signal_settings.freshness.as_secs_f64(),
-            "autoscaling signal inputs stale or never received: the metrics computed from them are withheld (check Airflow's metrics_allow_list and statsd settings)"
-        );
-    }
-    *last = missing.to_vec();
-}
-
-/// Publishes the receive counters and ingest statistics to the metrics registry once a second.
-async fn export_health(
-    shared: Arc<Shared>,
-    kernel_drops: Option<ingest::KernelDrops>,
-    shutdown: Shutdown,
-) {
-    let packets = metrics::counter!("metricship_packets_received_total");
-    let bytes = metrics::counter!("metricship_bytes_received_total");
-    let truncated = metrics::counter!("metricship_packets_truncated_total");
-    let recv_errors = metrics::counter!("metricship_receive_errors_total");
-    let lines = metrics::counter!("metricship_lines_parsed_total");
-    let malformed = metrics::counter!("metricship_lines_malformed_total");
-    let dropped_mapping =
-        metrics::counter!("metricship_lines_dropped_total", "reason" => "mapping");
-    let dropped_ambiguous =
-        metrics::counter!("metricship_lines_dropped_total", "reason" => "ambiguous");
-    let dropped_conflict =
-        metrics::counter!("metricship_lines_dropped_total", "reason" => "type_conflict");
-    let dropped_cap = metrics::counter!("metricship_lines_dropped_total", "reason" => "series_cap");
-    let dropped_budget =
-        metrics::counter!("metricship_lines_dropped_total", "reason" => "memory_budget");
-    let series_refused_budget = metrics::counter!("metricship_series_refused_budget_total");
-    let set_members_refused = metrics::counter!("metricship_set_members_refused_total");
-    let cache_clears = metrics::counter!("metricship_name_cache_clears_total");
-    let state_cache = metrics::gauge!("metricship_state_bytes", "part" => "cache");
-    let state_series = metrics::gauge!("metricship_state_bytes", "part" => "series");
-    let state_sets = metrics::gauge!("metricship_state_bytes", "part" => "sets");
-    let state_limit = metrics::gauge!("metricship_state_bytes_limit");
-    for reason in rules::DropReason::ALL {
-        // Zeroes from the start, so that a rate() over them exists before the first drop.
-        metrics::counter!("metricship_datums_invalid_total", "reason" => reason.as_str())
-            .increment(0);
-    }
-    let series_dropped = metrics::counter!("metricship_series_dropped_total");
-    let series_expired = metrics::counter!("metricship_series_expired_total");
-    let live = metrics::gauge!("metricship_live_series");
-    let backlog = metrics::gauge!("metricship_cloudwatch_backlog_datums");
-    let kernel = metrics::counter!("metricship_kernel_receive_drops_total");
-    loop {
-        let c = &shared.counters;
-        packets.absolute(c.packets.load(Ordering::Relaxed));
-        bytes.absolute(c.bytes.load(Ordering::Relaxed));
-        truncated.absolute(c.truncated.load(Ordering::Relaxed));
-        recv_errors.absolute(c.errors.load(Ordering::Relaxed));
-        let (stats, n, bytes, limit) = {
-            let agg = shared.aggregator.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                agg.stats,
-                agg.live_series(),
-                agg.state_bytes(),
-                agg.max_bytes(),
-            )
-        };
-        dropped_budget.absolute(stats.over_budget);
-        series_refused_budget.absolute(stats.series_refused_budget);
-        set_members_refused.absolute(stats.set_members_refused);
-        cache_clears.absolute(stats.cache_clears);
-        state_cache.set(bytes.cache as f64);
-        state_series.set(bytes.series as f64);
-        state_sets.set(bytes.sets as f64);
-        state_limit.set(limit as f64);
-        lines.absolute(stats.lines);
-        malformed.absolute(stats.malformed);
-        dropped_mapping.absolute(stats.mapped_drop);
-        dropped_ambiguous.absolute(stats.ambiguous);
-        dropped_conflict.absolute(stats.type_conflict);
-        dropped_cap.absolute(stats.over_cap);
-        series_dropped.absolute(stats.series_refused);
-        series_expired.absolute(stats.series_expired);
-        live.set(n as f64);
-        backlog.set(shared.backlog.lock().expect("backlog lock").datums() as f64);
-        if let Some(d) = kernel_drops.as_ref().and_then(|k| k.read()) {
-            kernel.absolute(d);
-        }
-        if airside_core::shutdown::sleep_or_shutdown(Duration::from_secs(1), &shutdown).await {
-            return;
-        }
-    }
-}
-
-/// Text of a chunk of the StatsD series on `/metrics`: enough to keep a write going,
-/// small next to the series themselves (100,000 series are ~40 MB of text).
-const EXPOSITION_CHUNK: usize = 64 * 1024;
-
-/// One scrape's StatsD series and signal, rendered a chunk at a time as the client reads
-/// (see [`prometheus::render_series_chunk`]).
-struct Exposition {
-    shared: Arc<Shared>,
-    cursor: aggregate::SeriesCursor,
-    series_left: bool,
-    done: bool,
-}
-
-impl Iterator for Exposition {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
-        if self.done {
-            return None;
-        }
-        // Room for the last series of the chunk too (a histogram is ~1 KiB of text).
-        let mut out = String::with_capacity(EXPOSITION_CHUNK + 8 * 1024);
-        if self.series_left {
-            let agg = self
-                .shared
-                .aggregator
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            self.series_left =
-                prometheus::render_series_chunk(&agg, &mut self.cursor, EXPOSITION_CHUNK, &mut out);
-            return Some(out);
-        }
-        self.done = true;
-        let source_age = self
-            .shared
-            .aggregator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .signal
-            .source_age(Instant::now());
-        let signal = *self
-            .shared
-            .last_signal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // The signal stays on /metrics only while the source is fresh.
-        let signal = signal
-            .filter(|_| source_age.is_some_and(|a| a <= self.shared.signal_settings.freshness));
-        prometheus::render_signal(signal, source_age, &mut out);
-        Some(out)
     }
 }

@@ -7,8 +7,10 @@
 //! (timers converted from milliseconds to seconds).
 
 use std::fmt::Write;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::Shared;
 use crate::aggregate::{Aggregator, PromValue, SeriesCursor};
 use crate::signal::Signal;
 
@@ -173,17 +175,17 @@ pub fn render_signal(signal: Option<Signal>, source_age: Option<Duration>, out: 
     if let Some(s) = signal {
         for (name, help, value) in [
             (
-                "metricship_queue_depth",
+                crate::telemetry::QUEUE_DEPTH,
                 "Tasks waiting for a worker: the sum over pools of Airflow's pool.queued_slots.",
                 s.queue_depth,
             ),
             (
-                "metricship_task_demand",
+                crate::telemetry::TASK_DEMAND,
                 "Executor queued plus running tasks.",
                 s.task_demand,
             ),
             (
-                "metricship_desired_workers",
+                crate::telemetry::DESIRED_WORKERS,
                 "ceil(task demand / worker concurrency), clamped to [min, max] workers.",
                 s.desired_workers,
             ),
@@ -195,18 +197,74 @@ pub fn render_signal(signal: Option<Signal>, source_age: Option<Duration>, out: 
         }
     }
     if let Some(age) = source_age {
+        let name = crate::telemetry::SOURCE_AGE_SECONDS;
+        let help = "Seconds since the scheduler last sent a signal input.";
         let _ = writeln!(
             out,
-            "# HELP metricship_source_age_seconds Seconds since the scheduler last sent a signal input.\n# TYPE metricship_source_age_seconds gauge\nmetricship_source_age_seconds {}",
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
             age.as_secs_f64()
         );
+    }
+}
+
+/// Text of a chunk of the StatsD series on `/metrics`: enough to keep a write going,
+/// small next to the series themselves (100,000 series are ~40 MB of text).
+const EXPOSITION_CHUNK: usize = 64 * 1024;
+
+/// One scrape's StatsD series and signal, rendered a chunk at a time as the client reads
+/// (see [`render_series_chunk`]).
+pub(crate) struct Exposition {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cursor: SeriesCursor,
+    pub(crate) series_left: bool,
+    pub(crate) done: bool,
+}
+
+impl Iterator for Exposition {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        // Room for the last series of the chunk too (a histogram is ~1 KiB of text).
+        let mut out = String::with_capacity(EXPOSITION_CHUNK + 8 * 1024);
+        if self.series_left {
+            let agg = self
+                .shared
+                .aggregator
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.series_left =
+                render_series_chunk(&agg, &mut self.cursor, EXPOSITION_CHUNK, &mut out);
+            return Some(out);
+        }
+        self.done = true;
+        let source_age = self
+            .shared
+            .aggregator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .signal
+            .source_age(Instant::now());
+        let signal = *self
+            .shared
+            .last_signal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The signal stays on /metrics only while the source is fresh.
+        let signal = signal
+            .filter(|_| source_age.is_some_and(|a| a <= self.shared.signal_settings.freshness));
+        render_signal(signal, source_age, &mut out);
+        Some(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{AggregatorSettings, Allowlist};
+    use crate::aggregate::AggregatorSettings;
+    use crate::datum::Allowlist;
     use std::sync::Arc;
     use std::time::Instant;
 
@@ -256,8 +314,9 @@ mod tests {
     fn signal_is_absent_when_withheld() {
         let mut out = String::new();
         render_signal(None, Some(Duration::from_secs(90)), &mut out);
-        assert!(!out.contains("metricship_queue_depth"), "{out}");
-        assert!(out.contains("metricship_source_age_seconds 90"), "{out}");
+        assert!(!out.contains(crate::telemetry::QUEUE_DEPTH), "{out}");
+        let age = format!("{} 90\n", crate::telemetry::SOURCE_AGE_SECONDS);
+        assert!(out.contains(&age), "{out}");
         out.clear();
         render_signal(
             Some(Signal {
@@ -268,7 +327,8 @@ mod tests {
             None,
             &mut out,
         );
-        assert!(out.contains("metricship_queue_depth 4\n"), "{out}");
-        assert!(!out.contains("metricship_desired_workers"), "{out}");
+        let depth = format!("{} 4\n", crate::telemetry::QUEUE_DEPTH);
+        assert!(out.contains(&depth), "{out}");
+        assert!(!out.contains(crate::telemetry::DESIRED_WORKERS), "{out}");
     }
 }

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::aggregate::{Datum, DatumValue};
+use crate::datum::{Datum, DatumValue};
 
 /// "You can use up to 30 dimensions per metric" (API_PutMetricData; API_MetricDatum:
 /// "Array Members: Maximum number of 30 items.").
@@ -174,7 +174,7 @@ fn value_ok(v: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Unit;
+    use crate::datum::Unit;
     use proptest::prelude::*;
 
     fn datum(dims: &[(&str, &str)], value: DatumValue) -> Datum {

@@ -223,14 +223,15 @@ impl FirehoseOutput {
         let bytes = std::mem::take(&mut batch.bytes);
         if !records.is_empty() {
             self.put_batch(&chunks, records, retrier).await?;
-            metrics::counter!("logship_records_sent_total", "output" => self.name.clone())
+            metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => self.name.clone())
                 .increment(lines);
-            metrics::counter!("logship_bytes_sent_total", "output" => self.name.clone())
+            metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => self.name.clone())
                 .increment(bytes as u64);
-            metrics::counter!("logship_batches_total", "output" => self.name.clone()).increment(1);
-            metrics::gauge!("logship_last_batch_records", "output" => self.name.clone())
+            metrics::counter!(crate::telemetry::BATCHES_TOTAL, "output" => self.name.clone())
+                .increment(1);
+            metrics::gauge!(crate::telemetry::LAST_BATCH_RECORDS, "output" => self.name.clone())
                 .set(lines as f64);
-            metrics::gauge!("logship_last_batch_bytes", "output" => self.name.clone())
+            metrics::gauge!(crate::telemetry::LAST_BATCH_BYTES, "output" => self.name.clone())
                 .set(bytes as f64);
         }
         for (file, end) in batch.acks.drain(..) {
@@ -301,7 +302,7 @@ impl FirehoseOutput {
                             Some(range)
                         })
                         .collect();
-                    metrics::counter!("logship_records_failed_total", "output" => self.name.clone())
+                    metrics::counter!(crate::telemetry::RECORDS_FAILED_TOTAL, "output" => self.name.clone())
                         .increment(failed.len() as u64);
                     tracing::warn!(output = %self.name, failed = failed.len(), error = %first_error, "partial batch failure; re-sending only the failed records");
                     pending = failed;

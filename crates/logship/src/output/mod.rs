@@ -111,9 +111,10 @@ impl Retrier {
         class: ErrorClass,
         message: String,
     ) -> Result<(), OutputError> {
-        metrics::counter!("logship_retries_total", "output" => self.name.clone()).increment(1);
+        metrics::counter!(crate::telemetry::RETRIES_TOTAL, "output" => self.name.clone())
+            .increment(1);
         if class == ErrorClass::Throttled {
-            metrics::counter!("logship_throttles_total", "output" => self.name.clone())
+            metrics::counter!(crate::telemetry::THROTTLES_TOTAL, "output" => self.name.clone())
                 .increment(1);
         }
         if !class.is_retryable() {

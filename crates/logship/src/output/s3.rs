@@ -304,13 +304,13 @@ impl S3Output {
                 .map(|(k, _)| k.clone())
                 .expect("more than one group");
             let g = groups.remove(&oldest).expect("key from map");
-            metrics::counter!("logship_s3_early_rolls_total", "output" => self.name.clone())
+            metrics::counter!(crate::telemetry::S3_EARLY_ROLLS_TOTAL, "output" => self.name.clone())
                 .increment(1);
             tracing::debug!(key = %g.key, buffered = total, "rolling the oldest object early to bound memory");
             self.close(g, retrier).await?;
             total = held(groups);
         }
-        metrics::gauge!("logship_s3_buffered_bytes", "output" => self.name.clone())
+        metrics::gauge!(crate::telemetry::S3_BUFFERED_BYTES, "output" => self.name.clone())
             .set(total as f64);
         Ok(())
     }
@@ -425,14 +425,15 @@ impl S3Output {
         }
         retrier.succeeded();
         tracing::info!(output = %self.name, key = %g.key, records = g.records, bytes = g.raw, compressed = g.compressed, "object written");
-        metrics::counter!("logship_records_sent_total", "output" => self.name.clone())
+        metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => self.name.clone())
             .increment(g.records);
-        metrics::counter!("logship_bytes_sent_total", "output" => self.name.clone())
+        metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => self.name.clone())
             .increment(g.raw);
-        metrics::counter!("logship_batches_total", "output" => self.name.clone()).increment(1);
-        metrics::gauge!("logship_last_batch_records", "output" => self.name.clone())
+        metrics::counter!(crate::telemetry::BATCHES_TOTAL, "output" => self.name.clone())
+            .increment(1);
+        metrics::gauge!(crate::telemetry::LAST_BATCH_RECORDS, "output" => self.name.clone())
             .set(g.records as f64);
-        metrics::gauge!("logship_last_batch_bytes", "output" => self.name.clone())
+        metrics::gauge!(crate::telemetry::LAST_BATCH_BYTES, "output" => self.name.clone())
             .set(g.raw as f64);
         for (file, end) in g.acks {
             self.acker.ack(file, end);

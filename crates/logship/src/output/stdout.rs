@@ -34,9 +34,9 @@ impl StdoutOutput {
                     message: format!("cannot write to stdout: {e}"),
                 });
             }
-            metrics::counter!("logship_records_sent_total", "output" => "stdout")
+            metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => "stdout")
                 .increment(chunk.ends.len() as u64);
-            metrics::counter!("logship_bytes_sent_total", "output" => "stdout")
+            metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => "stdout")
                 .increment(chunk.data.len() as u64);
             self.acker.ack(chunk.file, chunk.end);
         }

@@ -9,7 +9,7 @@ use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use metricship::ingest::Listen;
-use metricship::{Config, Daemon, Output};
+use metricship::{Config, Output};
 use tokio::task::JoinHandle;
 
 /// A config for tests: loopback port 0 everywhere, fast flushes.
@@ -40,7 +40,7 @@ impl Running {
     /// Starts the daemon with `config` and lets it run on a tokio task.
     pub async fn start(config: Config, cw: Client) -> Self {
         let shutdown = Shutdown::new();
-        let daemon = Daemon::start(config, Output::CloudWatch(cw), shutdown.clone())
+        let daemon = metricship::Running::start(config, Output::CloudWatch(cw), shutdown.clone())
             .await
             .unwrap();
         let statsd = daemon.statsd_udp_addr();

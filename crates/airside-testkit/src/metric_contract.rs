@@ -1,0 +1,163 @@
+//! Telemetry as a contract: a daemon's metric names live in its `src/telemetry.rs`, and
+//! its `README.md` has a table row for each of them. [`check`] holds a crate to that:
+//!
+//! * the names in the README's table rows are exactly the telemetry module's `ALL`;
+//! * `ALL` is every constant the module declares;
+//! * every constant is used somewhere else in `src/` (a name nobody registers is a row
+//!   that documents nothing);
+//! * no other file of `src/` spells a `"<daemon>_` string literal, so the code cannot
+//!   register a name the module (and so the README) does not know.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Panics with every breach of the contract (see the module documentation) for the
+/// crate at `manifest_dir` whose metrics start with `daemon` and whose telemetry module
+/// lists `all`.
+pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
+    let dir = Path::new(manifest_dir);
+    let mut breaches = Vec::new();
+    let prefix = format!("{daemon}_");
+    let all: BTreeSet<String> = all.iter().map(|s| s.to_string()).collect();
+
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("crate README.md");
+    let documented = table_names(&readme, &prefix);
+    for name in all.difference(&documented) {
+        breaches.push(format!(
+            "{name} is in telemetry.rs but has no row in README.md"
+        ));
+    }
+    for name in documented.difference(&all) {
+        breaches.push(format!(
+            "README.md has a row for {name}, which telemetry.rs lacks"
+        ));
+    }
+
+    let telemetry_path = dir.join("src/telemetry.rs");
+    let telemetry = std::fs::read_to_string(&telemetry_path).expect("src/telemetry.rs");
+    let declared = declared_constants(&telemetry);
+    let values: BTreeSet<String> = declared.iter().map(|(_, v)| v.clone()).collect();
+    if values != all {
+        breaches.push(format!(
+            "telemetry.rs declares {values:?} but ALL lists {all:?}"
+        ));
+    }
+
+    let others: Vec<(PathBuf, String)> = rust_files(&dir.join("src"))
+        .into_iter()
+        .filter(|p| *p != telemetry_path)
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    for (ident, value) in &declared {
+        let used = others.iter().any(|(_, text)| uses(text, ident));
+        if !used {
+            breaches.push(format!("{value} ({ident}) is declared but never used"));
+        }
+    }
+    let literal = format!("\"{prefix}");
+    for (path, text) in &others {
+        for (n, line) in text.lines().enumerate() {
+            if line.contains(&literal) {
+                breaches.push(format!(
+                    "{}:{}: a metric name spelled outside telemetry.rs: {}",
+                    path.display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        breaches.is_empty(),
+        "the metric contract of {daemon} is broken:\n{}",
+        breaches.join("\n")
+    );
+}
+
+/// The metric names (`prefix…`, without labels) in the first cell of every table row.
+pub fn table_names(markdown: &str, prefix: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in markdown.lines() {
+        let Some(row) = line.strip_prefix('|') else {
+            continue;
+        };
+        // A first cell may hold `a{label="x\|y"}`: the escaped pipe is not a cell border.
+        let first = row.replace("\\|", "/");
+        let first = first.split('|').next().unwrap_or_default();
+        for code in first.split('`').skip(1).step_by(2) {
+            if let Some(rest) = code.strip_prefix(prefix) {
+                let tail: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                names.insert(format!("{prefix}{tail}"));
+            }
+        }
+    }
+    names
+}
+
+/// `(IDENT, "value")` for every `pub const IDENT: &str = "value";` of a telemetry module.
+fn declared_constants(source: &str) -> Vec<(String, String)> {
+    source
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("pub const ")?;
+            let (ident, rest) = rest.split_once(": &str = \"")?;
+            let (value, _) = rest.split_once('"')?;
+            Some((ident.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `text` names `ident` as a whole word.
+fn uses(text: &str, ident: &str) -> bool {
+    text.match_indices(ident).any(|(at, _)| {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let before = text[..at].chars().next_back().is_none_or(|c| !word(c));
+        let after = text[at + ident.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !word(c));
+        before && after
+    })
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_reads_first_cells_only_and_drops_labels() {
+        let md = "| metric | type |\n|---|---|\n\
+                  | `d_a_total{x=\"1\\|2\"}` | counter |\n\
+                  | `d_b`, `d_c_seconds` | gauge, `d_not_this` |\n\
+                  Text mentioning `d_prose`.\n";
+        let names: Vec<String> = table_names(md, "d_").into_iter().collect();
+        assert_eq!(names, ["d_a_total", "d_b", "d_c_seconds"]);
+    }
+
+    #[test]
+    fn uses_matches_whole_identifiers() {
+        assert!(uses("telemetry::SENT)", "SENT"));
+        assert!(!uses("telemetry::SENT_TOTAL", "SENT"));
+        assert!(!uses("BYTES_SENT", "SENT"));
+    }
+}
