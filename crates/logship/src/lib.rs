@@ -1,15 +1,18 @@
 //! logship: an Airflow-aware log forwarder to Kinesis Data Firehose and S3 that loses nothing.
 //!
-//! Layout, in the order data flows:
+//! Layout, in the order data flows: inputs → records → chunks → outputs, with the
+//! checkpoint ledger beside them.
 //!
 //! * [`config`]: flags and `LOGSHIP_*` environment variables.
-//! * [`tail`]: finds files by glob (change events plus polling), identifies them
-//!   by device, inode and a fingerprint of the first line, follows appends and
-//!   rotation, and cuts lines.
+//! * [`input`]: where records come from. [`input::files`] finds files by glob (change
+//!   events plus polling), identifies them by device, inode and a fingerprint of the
+//!   first line, follows appends and rotation, and cuts lines. The FireLens forward
+//!   protocol is the next input, a sibling of `files`.
 //! * [`record`]: joins tracebacks, reads Airflow 2 text and Airflow 3 JSON lines
 //!   and writes one JSON record per logical line, with Airflow and ECS fields.
+//! * [`chunk`]: the run of encoded records an input hands to every output.
 //! * [`output`]: Firehose, S3 and stdout; each acknowledges what its destination accepted.
-//! * [`state`]: per-file checkpoints that advance only on acknowledgement,
+//! * [`checkpoint`]: per-file checkpoints that advance only on acknowledgement,
 //!   persisted atomically — the log file itself is the buffer.
 //!
 //! [`run`] wires these together under one shutdown token: on SIGTERM discovery
@@ -18,15 +21,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod chunk;
 pub mod config;
+pub mod input;
 pub mod output;
 pub mod record;
-pub mod state;
-pub mod tail;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use airside_core::ExitCode;
 use airside_core::admin::{AdminServer, BindError, Readiness};
@@ -36,17 +40,12 @@ use airside_core::exit::HasExitCode;
 use airside_core::shutdown::{DrainTimedOut, Shutdown, drain};
 use tokio::sync::mpsc;
 
+use crate::checkpoint::{Ledger, StateError};
 pub use crate::config::Config;
 use crate::config::{OutputSpec, ShipArgs};
+use crate::input::files::{TailError, TailSettings, Tailer};
 use crate::output::{Acker, Output, OutputError};
-use crate::state::{Ledger, StateError};
-use crate::tail::{TailError, TailSettings, Tailer};
 use airside_core::daemon::{Allocator, Daemon, Runtime};
-
-/// How often checkpoints are written when nothing was acknowledged (new files).
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-/// The shortest pause between two checkpoint writes (bounds fsyncs under load).
-const CHECKPOINT_MIN_GAP: Duration = Duration::from_millis(10);
 
 /// Why logship stopped.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +168,7 @@ impl Daemon for Logship {
 pub async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result<(), Error> {
     let (ledger, restored) = Ledger::open(&config.state_dir, config.outputs.len())?;
     let ledger = Arc::new(ledger);
-    let unreadable = tail::Unreadable::default();
+    let unreadable = input::files::Unreadable::default();
     let report = unreadable.clone();
     let readiness = Readiness::new("checking outputs").with_detail(move || report.describe());
     let admin = AdminServer::bind(config.admin_addr, readiness.clone()).await?;
@@ -196,9 +195,9 @@ async fn run_inner(
     clients: Clients,
     shutdown: Shutdown,
     ledger: Arc<Ledger>,
-    restored: Vec<state::Entry>,
+    restored: Vec<checkpoint::Entry>,
     readiness: Readiness,
-    unreadable: tail::Unreadable,
+    unreadable: input::files::Unreadable,
 ) -> Result<(), Error> {
     let ecs = match TaskMetadata::from_env().await {
         Some(Ok(md)) => Some(md),
@@ -284,7 +283,10 @@ async fn run_inner(
     )?;
 
     let checkpointer_stop = Shutdown::new();
-    let checkpointer = tokio::spawn(checkpoint_loop(ledger.clone(), checkpointer_stop.clone()));
+    let checkpointer = tokio::spawn(checkpoint::write_loop(
+        ledger.clone(),
+        checkpointer_stop.clone(),
+    ));
 
     let tail_token = shutdown.clone();
     let work = async move {
@@ -325,33 +327,6 @@ async fn run_inner(
     checkpointer_stop.cancel();
     let _ = checkpointer.await;
     result
-}
-
-async fn checkpoint_loop(ledger: Arc<Ledger>, stop: Shutdown) {
-    let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    loop {
-        // Written as soon as an output acknowledges, so a crash re-sends as little as
-        // possible; the periodic tick covers newly found files.
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = ledger.advanced() => {}
-        }
-        let l = ledger.clone();
-        match tokio::task::spawn_blocking(move || l.persist()).await {
-            Ok(Ok(true)) => {
-                last_write = Instant::now();
-                metrics::counter!(crate::telemetry::CHECKPOINT_WRITES_TOTAL).increment(1);
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoints; will retry"),
-            Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
-        }
-        tokio::time::sleep(CHECKPOINT_MIN_GAP).await;
-        metrics::gauge!(crate::telemetry::CHECKPOINT_AGE_SECONDS)
-            .set(last_write.elapsed().as_secs_f64());
-    }
 }
 
 /// Sleeps until `deadline`, or forever when there is none (a `select!` branch that

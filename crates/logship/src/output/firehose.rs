@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Acker, OutputError, Retrier, check_destination};
-use crate::tail::Chunk;
+use crate::chunk::Chunk;
 
 /// Most records in one PutRecordBatch call.
 pub const MAX_BATCH_RECORDS: usize = 500;

@@ -13,8 +13,8 @@ use airside_core::backoff::Backoff;
 use airside_core::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
-use crate::state::Ledger;
-use crate::tail::Chunk;
+use crate::checkpoint::Ledger;
+use crate::chunk::Chunk;
 
 pub mod firehose;
 pub mod s3;

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Acker, OutputError, Retrier, check_destination};
+use crate::chunk::Chunk;
 use crate::record::AirflowFields;
-use crate::tail::Chunk;
 
 /// S3's smallest multipart part (except the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;

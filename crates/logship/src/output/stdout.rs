@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{Acker, OutputError};
-use crate::tail::Chunk;
+use crate::chunk::Chunk;
 
 /// Writes every record to stdout; a chunk is delivered once written and flushed.
 pub struct StdoutOutput {

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +280,41 @@ fn write_atomically(dir: &Path, state: &StateFile) -> Result<(), StateError> {
         path: e.path.clone(),
         source: e.source,
     })
+}
+
+/// How often checkpoints are written when nothing was acknowledged (new files).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest pause between two checkpoint writes (bounds fsyncs under load).
+pub const CHECKPOINT_MIN_GAP: Duration = Duration::from_millis(10);
+
+/// Writes the checkpoint file as soon as an output acknowledges (at most every
+/// [`CHECKPOINT_MIN_GAP`]) and every [`CHECKPOINT_INTERVAL`], until `stop`.
+pub async fn write_loop(ledger: Arc<Ledger>, stop: airside_core::shutdown::Shutdown) {
+    let mut last_write = std::time::Instant::now();
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    loop {
+        // Written as soon as an output acknowledges, so a crash re-sends as little as
+        // possible; the periodic tick covers newly found files.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = ledger.advanced() => {}
+        }
+        let l = ledger.clone();
+        match tokio::task::spawn_blocking(move || l.persist()).await {
+            Ok(Ok(true)) => {
+                last_write = std::time::Instant::now();
+                metrics::counter!(crate::telemetry::CHECKPOINT_WRITES_TOTAL).increment(1);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoints; will retry"),
+            Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
+        }
+        tokio::time::sleep(CHECKPOINT_MIN_GAP).await;
+        metrics::gauge!(crate::telemetry::CHECKPOINT_AGE_SECONDS)
+            .set(last_write.elapsed().as_secs_f64());
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,34 @@
+//! The unit that flows from inputs to outputs: a [`Chunk`] of encoded records from one
+//! source, with the offset that delivering it makes safe to checkpoint. Inputs make
+//! chunks, outputs take them; neither owns the type.
+
+use std::sync::Arc;
+
+use crate::record::FileMeta;
+
+/// A run of encoded records from one file, handed to every output.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Newline-terminated JSON records.
+    pub data: Vec<u8>,
+    /// End position in `data` of each record.
+    pub ends: Vec<u32>,
+    /// The file's id.
+    pub file: u64,
+    /// Delivering this chunk makes everything before this file offset delivered.
+    pub end: u64,
+    /// The file's metadata (path, Airflow fields).
+    pub meta: Arc<FileMeta>,
+}
+
+impl Chunk {
+    /// The records, each with its trailing newline.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let r = &self.data[start..end as usize];
+            start = end as usize;
+            r
+        })
+    }
+}
