@@ -1,4 +1,4 @@
-# Packaging: render the three ECS task definitions from taskdefs/ (the same JSON the
+# Packaging: render the three ECS task definitions from infra/modules/airflow-tasks/taskdefs/ (the same JSON the
 # Terraform module renders) with scripts/render-taskdef, register them with the
 # emulator's ECS API exactly as `aws ecs register-task-definition --cli-input-json`
 # would, and read back the sidecar wiring ECS stored. Sourced by scripts/demo (set -e is

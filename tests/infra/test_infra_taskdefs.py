@@ -1,7 +1,8 @@
-"""The ECS task definitions in taskdefs/: generated from one source, accepted by the ECS
+"""The ECS task definitions in infra/modules/airflow-tasks/taskdefs/: generated from one source, accepted by the ECS
 RegisterTaskDefinition input model that ships with botocore, rendered by the Terraform
 module from the same files, and wired the way the sidecars need."""
 import copy
+import functools
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from infra_lib import (
     MODULES,
     ROOT,
     SIDECARS,
+    TASKDEFS,
     TASKS,
     airflow_containers,
     containers,
@@ -99,8 +101,11 @@ def test_terraform_supplies_exactly_the_templates_placeholders():
 def test_terraform_renders_the_same_files():
     main = MODULES / "airflow-tasks" / "main.tf"
     locals_ = locals_of(main)
-    assert locals_["taskdef_dir"] == '${coalesce(var.taskdef_dir, "${path.module}/../../../taskdefs")}'
-    assert (main.parent / "../../../taskdefs").resolve() == (ROOT / "taskdefs").resolve()
+    # The module reads its templates from its own folder: nothing outside it.
+    assert locals_["taskdef_dir"] == '${coalesce(var.taskdef_dir, "${path.module}/taskdefs")}'
+    assert (main.parent / "taskdefs").resolve() == TASKDEFS.resolve()
+    for tf in main.parent.glob("*.tf"):
+        assert "path.module}/.." not in tf.read_text(), f"{tf} reaches outside its module"
     assert 'templatefile("${local.taskdef_dir}/${task}.json", local.template_vars[task])' in locals_["rendered"]
     ((_, _, td),) = resources("aws_ecs_task_definition", main)
     assert td["container_definitions"] == "${jsonencode(local.rendered[each.key].containerDefinitions)}"
@@ -227,13 +232,25 @@ def test_stop_timeouts_cover_the_drains(kind):
 
 @pytest.mark.parametrize("kind", TASKS)
 def test_sidecar_settings_are_the_daemons_own_variables(kind):
-    """Every variable a sidecar gets is one its CLI reads (a typo would be ignored)."""
+    """Every variable a sidecar gets is one its CLI reads (a typo would be ignored): asked
+    of the built binary's own --help, which lists each flag's variable."""
     for name, c in containers(taskdef(kind)).items():
         if name not in SIDECARS:
             continue
-        source = "".join(p.read_text() for p in (ROOT / "crates" / name / "src").rglob("*.rs"))
         for variable in env_of(c):
-            assert f'env = "{variable}"' in source, f"{name} does not read {variable}"
+            assert variable in _variables_read(name), f"{name} does not read {variable}"
+
+
+@functools.cache
+def _variables_read(daemon):
+    binary = ROOT / "dist" / daemon
+    assert binary.exists(), f"{binary} not found: run scripts/build-static first (scripts/test does)"
+    names = set()
+    for args in (["--help"], ["healthcheck", "--help"]):
+        out = subprocess.run([binary, *args], capture_output=True, text=True, check=True).stdout
+        names |= set(re.findall(r"\[env: ([A-Z0-9_]+)=", out))
+    assert names, f"{daemon} --help lists no environment variables"
+    return names
 
 
 @pytest.mark.parametrize("kind", TASKS)

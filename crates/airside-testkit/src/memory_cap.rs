@@ -2,7 +2,7 @@
 //!
 //! ECS enforces a container's `memory` (hard limit, MiB) with a memory cgroup; a process
 //! that goes over it is OOM-killed. [`MemoryCap`] does the same here: it reads the limit
-//! from `taskdefs/<task>.json` (so a change there changes the test), creates its own child
+//! from `infra/modules/airflow-tasks/taskdefs/<task>.json` (so a change there changes the test), creates its own child
 //! group under the cgroup v1 memory controller (`/sys/fs/cgroup/memory`, which is what
 //! machines of this kind mount), starts the command inside it, and reports the group's
 //! peak usage and any OOM kill. It touches nothing but its own group, which it removes on
@@ -18,9 +18,10 @@ use std::process::{Child, Command};
 
 const MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
 
-/// The hard memory limit (`memory`, MiB) of `container` in `taskdefs/<task>.json`.
+/// The hard memory limit (`memory`, MiB) of `container` in `infra/modules/airflow-tasks/taskdefs/<task>.json`.
 pub fn taskdef_memory_mib(task: &str, container: &str) -> u64 {
-    let path = crate::workspace_root().join(format!("taskdefs/{task}.json"));
+    let path =
+        crate::workspace_root().join(format!("infra/modules/airflow-tasks/taskdefs/{task}.json"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let def: serde_json::Value = serde_json::from_str(&text)
@@ -68,7 +69,7 @@ impl MemoryCap {
             && std::fs::remove_dir(&probe).is_ok()
     }
 
-    /// A new group limited to what `taskdefs/<task>.json` gives `container`.
+    /// A new group limited to what `infra/modules/airflow-tasks/taskdefs/<task>.json` gives `container`.
     pub fn for_container(task: &str, container: &str) -> Self {
         Self::new(taskdef_memory_mib(task, container) * 1024 * 1024)
     }

@@ -155,7 +155,7 @@ variable "log_kms_key_arn" {
 
 variable "taskdef_dir" {
   type        = string
-  description = "Directory of the task definition templates; null uses the repository's taskdefs/ (written by scripts/gen-taskdefs), the same JSON `aws ecs register-task-definition` takes."
+  description = "Directory of the task definition templates; null uses this module's taskdefs/ (written by scripts/gen-taskdefs), the same JSON `aws ecs register-task-definition` takes."
   default     = null
 }
 
