@@ -457,7 +457,7 @@ def test_example_enables_container_insights_for_the_service_count():
 
 
 def _packaging_files():
-    for base in (INFRA, ROOT / "taskdefs", ROOT / "docker"):
+    for base in (INFRA, ROOT / "docker"):
         yield from (p for p in base.rglob("*") if p.is_file())
 
 

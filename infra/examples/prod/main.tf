@@ -195,6 +195,7 @@ module "log_delivery" {
 # Network: the tasks talk only to AWS endpoints, EFS, the database and the broker.
 
 resource "aws_security_group" "tasks" {
+  #checkov:skip=CKV2_AWS_5:Attached to the ECS services through module.services' security_group_ids (modules/airflow-services); this graph check does not follow module inputs.
   name_prefix = "${var.name}-tasks-"
   description = "Airflow tasks of ${var.name}"
   vpc_id      = var.vpc_id
@@ -228,7 +229,7 @@ resource "aws_vpc_security_group_egress_rule" "tasks_to_efs" {
   ip_protocol                  = "tcp"
   from_port                    = 2049
   to_port                      = 2049
-  referenced_security_group_id = aws_security_group.efs.id
+  referenced_security_group_id = module.dag_store.security_group_id
 }
 
 resource "aws_vpc_security_group_egress_rule" "tasks_to_backends" {
@@ -286,116 +287,18 @@ module "endpoints" {
 # The shared DAG folder: EFS, written by dagsync through an access point as Airflow's
 # uid (50000, gid 0), mounted with TLS and IAM authorisation.
 
-resource "aws_efs_file_system" "dags" {
-  creation_token = "${var.name}-dags"
-  encrypted      = true
-  kms_key_id     = aws_kms_key.airflow.arn
+module "dag_store" {
+  source = "../../modules/dag-store"
 
-  tags = { Name = "${var.name}-dags" }
-}
-
-resource "aws_efs_backup_policy" "dags" {
-  file_system_id = aws_efs_file_system.dags.id
-
-  backup_policy {
-    # The DAGs' source of truth is the S3 bucket; dagsync rebuilds the folder from it.
-    status = "DISABLED"
-  }
-}
-
-resource "aws_security_group" "efs" {
-  name_prefix = "${var.name}-efs-"
-  description = "DAG file system of ${var.name}: NFS from the Airflow tasks only"
-  vpc_id      = var.vpc_id
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "efs_from_tasks" {
-  security_group_id            = aws_security_group.efs.id
-  description                  = "NFS from the Airflow tasks"
-  ip_protocol                  = "tcp"
-  from_port                    = 2049
-  to_port                      = 2049
-  referenced_security_group_id = aws_security_group.tasks.id
-}
-
-resource "aws_efs_mount_target" "dags" {
-  for_each = toset(var.private_subnet_ids)
-
-  file_system_id  = aws_efs_file_system.dags.id
-  subnet_id       = each.value
-  security_groups = [aws_security_group.efs.id]
-}
-
-resource "aws_efs_access_point" "dags" {
-  file_system_id = aws_efs_file_system.dags.id
-
-  posix_user {
-    uid = 50000
-    gid = 0
-  }
-
-  root_directory {
-    path = "/dags"
-
-    creation_info {
-      owner_uid   = 50000
-      owner_gid   = 0
-      permissions = "0755"
-    }
-  }
-
-  tags = { Name = "${var.name}-dags" }
-}
-
-data "aws_iam_policy_document" "efs" {
-  statement {
-    sid       = "DenyUnencryptedTransport"
-    effect    = "Deny"
-    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"]
-    resources = [aws_efs_file_system.dags.arn]
-
-    principals {
-      type        = "AWS"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-
-  statement {
-    sid       = "DenyMountsOutsideTheAccessPoint"
-    effect    = "Deny"
-    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"]
-    resources = [aws_efs_file_system.dags.arn]
-
-    principals {
-      type        = "AWS"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "StringNotEquals"
-      variable = "elasticfilesystem:AccessPointArn"
-      values   = [aws_efs_access_point.dags.arn]
-    }
-  }
-}
-
-resource "aws_efs_file_system_policy" "dags" {
-  file_system_id = aws_efs_file_system.dags.id
-  policy         = data.aws_iam_policy_document.efs.json
+  name                      = var.name
+  vpc_id                    = var.vpc_id
+  subnet_ids                = var.private_subnet_ids
+  client_security_group_ids = [aws_security_group.tasks.id]
+  kms_key_arn               = aws_kms_key.airflow.arn
 }
 
 # ---------------------------------------------------------------------------------------
-# Sidecar permissions, task definitions, cluster, services, autoscaling.
+# Sidecar permissions, task definitions, cluster and services, autoscaling.
 
 module "sidecar_iam" {
   source = "../../modules/sidecar-iam"
@@ -404,8 +307,8 @@ module "sidecar_iam" {
   dag_bucket_name      = var.dag_bucket_name
   dag_prefix           = local.dag_prefix
   dag_kms_key_arns     = var.dag_kms_key_arns
-  efs_file_system_arn  = aws_efs_file_system.dags.arn
-  efs_access_point_arn = aws_efs_access_point.dags.arn
+  efs_file_system_arn  = module.dag_store.file_system_arn
+  efs_access_point_arn = module.dag_store.access_point_arn
   firehose_stream_arn  = module.log_delivery.stream_arn
   metrics_namespace    = "Airflow"
 }
@@ -419,8 +322,8 @@ module "airflow_tasks" {
   ecr_repository_arns          = var.ecr_repository_arns
   dag_bucket_name              = var.dag_bucket_name
   dag_prefix                   = local.dag_prefix
-  efs_file_system_id           = aws_efs_file_system.dags.id
-  efs_access_point_id          = aws_efs_access_point.dags.id
+  efs_file_system_id           = module.dag_store.file_system_id
+  efs_access_point_id          = module.dag_store.access_point_id
   firehose_stream_name         = module.log_delivery.stream_name
   worker_concurrency           = var.worker_concurrency
   min_workers                  = var.worker_min_count
@@ -435,62 +338,24 @@ module "airflow_tasks" {
   log_kms_key_arn              = aws_kms_key.airflow.arn
 }
 
-resource "aws_ecs_cluster" "airflow" {
-  name = var.name
+module "services" {
+  source = "../../modules/airflow-services"
 
-  # The worker autoscaling alarms read the service's DesiredTaskCount from here.
-  setting {
-    name  = "containerInsights"
-    value = "enabled"
-  }
-}
+  name                 = var.name
+  task_definition_arns = module.airflow_tasks.task_definition_arns
+  subnet_ids           = var.private_subnet_ids
+  security_group_ids   = [aws_security_group.tasks.id]
+  worker_min_count     = var.worker_min_count
 
-locals {
-  services = {
-    web       = { desired_count = 1 }
-    scheduler = { desired_count = 1 }
-    worker    = { desired_count = var.worker_min_count }
-  }
-}
-
-resource "aws_ecs_service" "airflow" {
-  for_each = local.services
-
-  name             = "${var.name}-${each.key}"
-  cluster          = aws_ecs_cluster.airflow.id
-  task_definition  = module.airflow_tasks.task_definition_arns[each.key]
-  desired_count    = each.value.desired_count
-  launch_type      = "FARGATE"
-  platform_version = "LATEST"
-
-  # Workers drain running tasks (Celery warm shutdown) before they stop.
-  deployment_minimum_healthy_percent = 100
-  deployment_maximum_percent         = 200
-
-  deployment_circuit_breaker {
-    enable   = true
-    rollback = true
-  }
-
-  network_configuration {
-    subnets          = var.private_subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
-    assign_public_ip = false
-  }
-
-  lifecycle {
-    # The worker count belongs to the autoscaling policies once created.
-    ignore_changes = [desired_count]
-  }
-
-  depends_on = [aws_efs_mount_target.dags, module.endpoints]
+  # Tasks start only once the DAG folder can be mounted and AWS can be reached.
+  depends_on = [module.dag_store, module.endpoints]
 }
 
 module "worker_autoscaling" {
   source = "../../modules/worker-autoscaling"
 
-  cluster_name      = aws_ecs_cluster.airflow.name
-  service_name      = aws_ecs_service.airflow["worker"].name
+  cluster_name      = module.services.cluster_name
+  service_name      = module.services.service_names["worker"]
   min_capacity      = var.worker_min_count
   max_capacity      = var.worker_max_count
   namespace         = "Airflow"

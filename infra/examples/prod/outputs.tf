@@ -1,11 +1,11 @@
 output "cluster_name" {
   description = "ECS cluster of the Airflow services."
-  value       = aws_ecs_cluster.airflow.name
+  value       = module.services.cluster_name
 }
 
 output "service_names" {
   description = "ECS services, by task: web, scheduler, worker."
-  value       = { for task, service in aws_ecs_service.airflow : task => service.name }
+  value       = module.services.service_names
 }
 
 output "task_definition_arns" {
