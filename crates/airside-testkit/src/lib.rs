@@ -17,7 +17,9 @@
 //! * [`EmptyRoot`]: a chroot holding only a static binary, `/etc/hosts` and
 //!   `/etc/resolv.conf`, to prove the binaries run in a FROM-scratch image.
 //! * [`KillOnDrop`]: a daemon child process, killed when dropped, with SIGTERM and a
-//!   bounded wait for its exit; [`free_addr`] picks the loopback address it listens on.
+//!   bounded wait for its exit; [`logged_admin_addr`] reads back the address a daemon
+//!   started on port 0 bound.
+//! * [`s3`]: S3 clients for moto, buckets and objects, for the daemons' tests.
 //! * [`metric_contract`]: the check that a daemon's README metrics table and its telemetry
 //!   module name the same metrics, and that no code spells a name outside that module.
 //! * Small helpers: unique resource names, AWS environment for child processes.
@@ -31,6 +33,7 @@ mod memory_cap;
 pub mod metric_contract;
 mod moto;
 mod process;
+pub mod s3;
 mod strict_api;
 mod strict_s3;
 
@@ -41,6 +44,6 @@ pub use fault_proxy::{
 pub use fuse_mount::FuseMount;
 pub use memory_cap::{CapReport, CappedDaemon, MemoryCap, taskdef_memory_mib};
 pub use moto::{Moto, moto, unique_name, workspace_root};
-pub use process::{KillOnDrop, free_addr};
+pub use process::{KillOnDrop, free_addr, logged_admin_addr, logged_field};
 pub use strict_api::{AcceptedDatum, Refusal, StrictApi};
 pub use strict_s3::{Encryption, StrictS3};

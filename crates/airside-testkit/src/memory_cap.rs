@@ -235,6 +235,16 @@ impl CappedDaemon {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The file its stderr goes to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// The address its admin server bound (started with `--admin-addr 127.0.0.1:0`).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        crate::logged_admin_addr(&self.log)
+    }
 }
 
 impl Drop for CappedDaemon {

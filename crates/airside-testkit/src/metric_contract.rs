@@ -6,7 +6,10 @@
 //! * every constant is used somewhere else in `src/` (a name nobody registers is a row
 //!   that documents nothing);
 //! * no other file of `src/` spells a `"<daemon>_` string literal, so the code cannot
-//!   register a name the module (and so the README) does not know.
+//!   register a name the module (and so the README) does not know;
+//! * the shared vocabulary: every daemon has `<daemon>_last_success_timestamp_seconds`
+//!   and an `…errors_total` counter of its failed AWS requests labelled `class`, and a
+//!   `class` label anywhere takes the core's error classes (the README's retry table).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,33 @@ pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
     for name in documented.difference(&all) {
         breaches.push(format!(
             "README.md has a row for {name}, which telemetry.rs lacks"
+        ));
+    }
+
+    let last_success = format!("{prefix}last_success_timestamp_seconds");
+    if !all.contains(&last_success) {
+        breaches.push(format!("the shared vocabulary wants {last_success}"));
+    }
+    let classes = ["transient", "throttled", "access_denied", "not_found", "invalid"];
+    let mut by_class = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let names = table_names(line, &prefix);
+        let Some(name) = names.iter().next() else {
+            continue;
+        };
+        if line.contains("class") {
+            by_class += usize::from(name.ends_with("errors_total"));
+            if !classes.iter().all(|c| line.contains(c)) {
+                breaches.push(format!(
+                    "{name}: a `class` label takes the core's error classes ({})",
+                    classes.join(", ")
+                ));
+            }
+        }
+    }
+    if by_class == 0 {
+        breaches.push(format!(
+            "the shared vocabulary wants a {prefix}…errors_total counter labelled `class`"
         ));
     }
 

@@ -3,8 +3,10 @@ use std::ops::{ControlFlow, Deref, DerefMut};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// A loopback address whose port was free a moment ago: bound to port 0, then released, so
-/// a daemon child process can be told to listen there (`--admin-addr`, a StatsD port).
+/// A loopback address whose port was free a moment ago: bound to port 0, then released.
+/// Only for an address where nothing must listen (a healthcheck that must fail): a daemon
+/// is started on port 0 and its bound address read back with [`logged_admin_addr`], so
+/// two tests can never race for one port.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a loopback port")
@@ -88,5 +90,46 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Waits (at most `within`) for a JSON log line with this `message` in the file a daemon
+/// child writes its stderr to, and returns that line's `field`.
+pub fn logged_field(
+    log: &std::path::Path,
+    message: &str,
+    field: &str,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text.lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v.get("message")?.as_str()? == message)
+                .then(|| v.get(field)?.as_str().map(str::to_string))?
+        });
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The address the admin server of a daemon child started with `--admin-addr
+/// 127.0.0.1:0` bound, from its "admin server listening" log line (JSON logs, stderr
+/// written to `log`). Panics with the log when it does not come within 30 s.
+pub fn logged_admin_addr(log: &std::path::Path) -> SocketAddr {
+    match logged_field(
+        log,
+        "admin server listening",
+        "addr",
+        Duration::from_secs(30),
+    ) {
+        Some(addr) => addr.parse().expect("a socket address in the log"),
+        None => panic!(
+            "the daemon did not log its admin address within 30 s; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
     }
 }

@@ -11,6 +11,10 @@ pub const RECORDS_SENT_TOTAL: &str = "logship_records_sent_total";
 pub const BYTES_SENT_TOTAL: &str = "logship_bytes_sent_total";
 /// Counter: Firehose records failed in a partial failure (each is sent again) (labels: `output`).
 pub const RECORDS_FAILED_TOTAL: &str = "logship_records_failed_total";
+/// Counter: failed requests by error class (labels: `output`, `class` = `transient`, `throttled`, `access_denied`, `not_found`, `invalid`).
+pub const ERRORS_TOTAL: &str = "logship_errors_total";
+/// Gauge: Unix time of the last request an output's destination accepted (labels: `output`).
+pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "logship_last_success_timestamp_seconds";
 /// Counter: requests retried (labels: `output`).
 pub const RETRIES_TOTAL: &str = "logship_retries_total";
 /// Counter: requests the service throttled (labels: `output`).
@@ -51,6 +55,8 @@ pub const ALL: &[&str] = &[
     RECORDS_SENT_TOTAL,
     BYTES_SENT_TOTAL,
     RECORDS_FAILED_TOTAL,
+    ERRORS_TOTAL,
+    LAST_SUCCESS_TIMESTAMP_SECONDS,
     RETRIES_TOTAL,
     THROTTLES_TOTAL,
     BATCHES_TOTAL,

@@ -21,7 +21,7 @@ use crate::common::*;
 /// minute: nothing is OOM-killed, and every line arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_gib_backlog_replays_inside_the_task_definition_limit_while_firehose_throttles() {
-    use airside_testkit::{Fault, FaultPlan, FaultProxy, MemoryCap, Moto, free_addr};
+    use airside_testkit::{Fault, FaultPlan, FaultProxy, MemoryCap, Moto};
     assert!(
         MemoryCap::available(),
         "memory-capped tests need root and the cgroup v1 memory controller"
@@ -51,7 +51,6 @@ async fn a_1_gib_backlog_replays_inside_the_task_definition_limit_while_firehose
     );
     let cap = MemoryCap::for_container("worker", "logship");
     let state = tmp.path().join("state");
-    let admin = free_addr();
     let mut cmd = std::process::Command::new(airside_testkit::dist_binary("logship"));
     cmd.args([
         "--path",
@@ -65,15 +64,17 @@ async fn a_1_gib_backlog_replays_inside_the_task_definition_limit_while_firehose
         "--state-dir",
         &state.display().to_string(),
         "--admin-addr",
-        &admin.to_string(),
+        "127.0.0.1:0",
         "--log-format",
         "json",
+        // Warnings only, but the line that says where the admin server listens.
         "--log-level",
-        "warn",
+        "warn,airside_core::admin=info",
     ])
     .env_remove("ECS_CONTAINER_METADATA_URI_V4")
     .envs(Moto::env_for(&proxy.endpoint()));
     let mut daemon = cap.spawn_daemon("logship", &mut cmd);
+    let admin = daemon.admin_addr();
     eventually(Duration::from_secs(30), "readiness", || async move {
         matches!(
             airside_core::healthcheck::get(admin, "/readyz").await,

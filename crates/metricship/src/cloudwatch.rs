@@ -328,6 +328,7 @@ impl Publisher {
                         .increment(batch.len() as u64);
                     metrics::counter!(crate::telemetry::CLOUDWATCH_REQUESTS_TOTAL, "result" => "ok")
                         .increment(1);
+                    crate::health::mark_success();
                     tracing::debug!(datums = batch.len(), "PutMetricData sent");
                     retry.succeeded();
                 }

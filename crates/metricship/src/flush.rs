@@ -143,6 +143,7 @@ pub(crate) fn flush_once(shared: &Shared, now: Instant) {
             match written {
                 Ok(lines) => {
                     metrics::counter!(crate::telemetry::EMF_LINES_TOTAL).increment(lines);
+                    crate::health::mark_success();
                 }
                 Err(e) => {
                     metrics::counter!(crate::telemetry::EMF_WRITE_ERRORS_TOTAL).increment(1);

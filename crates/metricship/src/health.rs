@@ -89,3 +89,11 @@ pub(crate) async fn export_health(
         }
     }
 }
+
+/// Records that an output took an interval: the last-success gauge every daemon has.
+pub(crate) fn mark_success() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!(crate::telemetry::LAST_SUCCESS_TIMESTAMP_SECONDS).set(now.as_secs_f64());
+}

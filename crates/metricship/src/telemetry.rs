@@ -66,6 +66,8 @@ pub const CLOUDWATCH_BATCHES_SPLIT_TOTAL: &str = "metricship_cloudwatch_batches_
 pub const CLOUDWATCH_BACKLOG_DATUMS: &str = "metricship_cloudwatch_backlog_datums";
 /// Histogram: PutMetricData latency.
 pub const CLOUDWATCH_REQUEST_SECONDS: &str = "metricship_cloudwatch_request_seconds";
+/// Gauge: Unix time of the last interval an output took (a PutMetricData call CloudWatch accepted, or EMF lines written).
+pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "metricship_last_success_timestamp_seconds";
 /// Counter: EMF lines written to stdout.
 pub const EMF_LINES_TOTAL: &str = "metricship_emf_lines_total";
 /// Counter: EMF lines that could not be written.
@@ -105,6 +107,7 @@ pub const ALL: &[&str] = &[
     CLOUDWATCH_BATCHES_SPLIT_TOTAL,
     CLOUDWATCH_BACKLOG_DATUMS,
     CLOUDWATCH_REQUEST_SECONDS,
+    LAST_SUCCESS_TIMESTAMP_SECONDS,
     EMF_LINES_TOTAL,
     EMF_WRITE_ERRORS_TOTAL,
 ];

@@ -82,7 +82,7 @@ fn bad_configuration_exits_2() {
     ] {
         let out = Command::new(BIN)
             .args(&args)
-            .args(["--admin-addr", &free_addr().to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--statsd-addr", "127.0.0.1:0"])
             .env("METRICSHIP_LOG_FORMAT", "text")
             .output()
@@ -100,19 +100,17 @@ fn bad_configuration_exits_2() {
 fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("statsd.sock");
-    let admin = free_addr();
-    let mut child = KillOnDrop::new(
+    let logged = Logged::spawn(
         Command::new(BIN)
             .args(["--emf", "--high-resolution", "--flush-interval", "1h"])
             .args(["--statsd-addr", &format!("unix://{}", sock.display())])
-            .args(["--admin-addr", &admin.to_string()])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--namespace", "AirflowDemo", "--dimension", "Cluster=test"])
             .env("METRICSHIP_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stdout(Stdio::piped()),
     );
+    let admin = logged.admin();
+    let mut child = logged.child;
     wait_ready(admin, &mut child);
     send_unix(
         &sock,
@@ -154,11 +152,7 @@ fn emf_on_stdout_and_the_last_interval_flushed_on_sigterm() {
 
 #[test]
 fn hostile_senders_cannot_crash_or_stall_it() {
-    let admin = free_addr();
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let statsd_addr = statsd.local_addr().unwrap();
-    drop(statsd);
-    let mut child = KillOnDrop::new(
+    let logged = Logged::spawn(
         Command::new(BIN)
             .args([
                 "--no-cloudwatch",
@@ -167,13 +161,13 @@ fn hostile_senders_cannot_crash_or_stall_it() {
                 "--flush-interval",
                 "1s",
             ])
-            .args(["--statsd-addr", &statsd_addr.to_string()])
-            .args(["--admin-addr", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .args(["--statsd-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .env("METRICSHIP_LOG_FORMAT", "json")
+            .stdout(Stdio::null()),
     );
+    let (admin, statsd_addr) = (logged.admin(), logged.statsd());
+    let mut child = logged.child;
     wait_ready(admin, &mut child);
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut rng_state = 0x9e3779b97f4a7c15u64;
@@ -226,20 +220,19 @@ fn hostile_senders_cannot_crash_or_stall_it() {
 fn static_binary_runs_in_an_empty_root() {
     let moto = moto();
     let root = EmptyRoot::new(&dist_binary("metricship"));
-    let admin = free_addr();
-    let statsd = free_addr();
     let ns = unique_name("Airflow");
     let run = unique_name("run");
     let endpoint = moto.localhost_endpoint();
     let mut cmd = root.command();
     cmd.args(["--flush-interval", "1s", "--namespace", &ns])
         .args(["--dimension", &format!("Run={run}")])
-        .args(["--statsd-addr", &statsd.to_string()])
-        .args(["--admin-addr", &admin.to_string()])
+        .args(["--statsd-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .envs(Moto::env_for(&endpoint))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = KillOnDrop::new(cmd.spawn().unwrap());
+        .stdout(Stdio::null());
+    let logged = Logged::spawn(&mut cmd);
+    let (admin, statsd) = (logged.admin(), logged.statsd());
+    let mut child = logged.child;
     wait_ready(admin, &mut child);
     send(
         statsd,
@@ -288,36 +281,26 @@ fn static_binary_runs_in_an_empty_root() {
 fn access_denied_exits_3_after_retries() {
     let moto = moto();
     let run_until_exit = |proxy: &FaultProxy, deny_after_ready: bool| {
-        let admin = free_addr();
-        let statsd = free_addr();
-        let mut child = KillOnDrop::new(
+        let mut logged = Logged::spawn(
             Command::new(BIN)
                 .args(["--flush-interval", "1s", "--namespace", "AirflowDenied"])
-                .args(["--statsd-addr", &statsd.to_string()])
-                .args(["--admin-addr", &admin.to_string()])
+                .args(["--statsd-addr", "127.0.0.1:0"])
+                .args(["--admin-addr", "127.0.0.1:0"])
                 .envs(Moto::env_for(&proxy.endpoint()))
                 .env("METRICSHIP_LOG_FORMAT", "json")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+                .stdout(Stdio::null()),
         );
         if deny_after_ready {
-            wait_ready(admin, &mut child);
+            let (admin, statsd) = (logged.admin(), logged.statsd());
+            wait_ready(admin, &mut logged.child);
             proxy.set_rate(1.0);
             send(
                 statsd,
                 &["airflow.pool.queued_slots.default_pool:7|g".to_string()],
             );
         }
-        let status = wait_exit(&mut child, Duration::from_secs(60));
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let status = wait_exit(&mut logged.child, Duration::from_secs(60));
+        let stderr = logged.logs();
         (status, stderr)
     };
 

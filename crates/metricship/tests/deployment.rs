@@ -31,14 +31,15 @@ fn by_interval(datums: &[AcceptedDatum]) -> BTreeMap<u64, BTreeSet<String>> {
 /// The metricship binary, as its own process: its `/metrics` are its own (the tests of
 /// this file run side by side, and an in-process daemon shares one metrics registry).
 struct Process {
-    child: airside_testkit::KillOnDrop,
+    logged: Logged,
 }
 
 impl Process {
     /// SIGTERM, then requires a clean exit (the drain sends what is queued).
     async fn stop(mut self) {
-        self.child.sigterm();
+        self.logged.child.sigterm();
         let status = self
+            .logged
             .child
             .wait_exit_async(Duration::from_secs(30))
             .await
@@ -48,17 +49,18 @@ impl Process {
 }
 
 async fn start(proxy: &FaultProxy, run: &str) -> (Process, SocketAddr, SocketAddr) {
-    let (mut cmd, statsd, admin) = daemon_command(
+    let mut cmd = daemon_command(
         std::path::Path::new(env!("CARGO_BIN_EXE_metricship")),
         &proxy.endpoint(),
         run,
         "3s",
     );
-    cmd.args(["--log-level", "warn"])
+    cmd.args(["--log-level", WARN_BUT_ADDRESSES])
         .stdout(std::process::Stdio::null());
-    let child = airside_testkit::KillOnDrop::new(cmd.spawn().expect("spawn metricship"));
+    let logged = Logged::spawn(&mut cmd);
+    let (statsd, admin) = (logged.statsd(), logged.admin());
     wait_ready_at(admin).await;
-    (Process { child }, statsd, admin)
+    (Process { logged }, statsd, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

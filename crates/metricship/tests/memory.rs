@@ -24,13 +24,14 @@ async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit
     let run = unique_name("run");
     let cap = MemoryCap::for_container("scheduler", "metricship");
     // The binary the image ships: a debug build's memory says little about production.
-    let (mut cmd, statsd, admin) = daemon_command(
+    let mut cmd = daemon_command(
         &airside_testkit::dist_binary("metricship"),
         &proxy.endpoint(),
         &run,
         "5s",
     );
     let mut daemon = cap.spawn_daemon("metricship", &mut cmd);
+    let (statsd, admin) = (logged_statsd_addr(daemon.log_path()), daemon.admin_addr());
     let pid = daemon.pid;
     wait_ready_at(admin).await;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use airside_core::aws::ErrorClass;
 use airside_core::backoff::Backoff;
+use airside_core::retry::{Retry, Verdict};
 use airside_core::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -76,33 +77,34 @@ impl Output {
     }
 }
 
-/// Retry bookkeeping shared by the outputs: full-jitter backoff, metrics, and
-/// giving up on errors that retrying does not fix (access denied, not found).
+/// Retry bookkeeping shared by the outputs: the core's policy ([`Retry::daemon`]: transient
+/// and throttled failures are retried with full-jitter backoff, access denied five times in
+/// a row, a missing or invalid destination not at all) plus the outputs' metrics.
 #[derive(Debug)]
 pub(crate) struct Retrier {
     name: String,
-    backoff: Backoff,
-    attempt: u32,
-    hard_failures: u32,
+    retry: Retry,
 }
-
-/// Consecutive non-retryable failures before an output gives up.
-const HARD_FAILURE_LIMIT: u32 = 5;
 
 impl Retrier {
     pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-                .expect("static backoff bounds are valid"),
-            attempt: 0,
-            hard_failures: 0,
+            retry: Retry::daemon(
+                Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+                    .expect("static backoff bounds are valid"),
+            ),
         }
     }
 
+    /// After a call the destination accepted.
     pub(crate) fn succeeded(&mut self) {
-        self.attempt = 0;
-        self.hard_failures = 0;
+        self.retry.succeeded();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(crate::telemetry::LAST_SUCCESS_TIMESTAMP_SECONDS, "output" => self.name.clone())
+            .set(now.as_secs_f64());
     }
 
     /// After a failed call: waits, or gives up with an error.
@@ -111,24 +113,24 @@ impl Retrier {
         class: ErrorClass,
         message: String,
     ) -> Result<(), OutputError> {
-        metrics::counter!(crate::telemetry::RETRIES_TOTAL, "output" => self.name.clone())
+        metrics::counter!(crate::telemetry::ERRORS_TOTAL, "output" => self.name.clone(), "class" => class.as_str())
             .increment(1);
-        if class == ErrorClass::Throttled {
-            metrics::counter!(crate::telemetry::THROTTLES_TOTAL, "output" => self.name.clone())
-                .increment(1);
-        }
-        if !class.is_retryable() {
-            self.hard_failures += 1;
-            if self.hard_failures >= HARD_FAILURE_LIMIT {
+        let delay = match self.retry.failed(class) {
+            Verdict::RetryAfter(delay) => delay,
+            Verdict::GiveUp => {
                 return Err(OutputError {
                     output: self.name.clone(),
                     class,
                     message,
                 });
             }
+        };
+        metrics::counter!(crate::telemetry::RETRIES_TOTAL, "output" => self.name.clone())
+            .increment(1);
+        if class == ErrorClass::Throttled {
+            metrics::counter!(crate::telemetry::THROTTLES_TOTAL, "output" => self.name.clone())
+                .increment(1);
         }
-        let delay = self.backoff.delay(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
         tracing::warn!(output = %self.name, class = class.as_str(), error = %message, retry_in = ?delay, "delivery failed; retrying");
         tokio::time::sleep(delay).await;
         Ok(())
@@ -157,13 +159,8 @@ where
                 tracing::info!(output = %name, "destination checked");
                 return Ok(true);
             }
-            Err((class @ (ErrorClass::NotFound | ErrorClass::Invalid), message)) => {
-                return Err(OutputError {
-                    output: name.to_string(),
-                    class,
-                    message,
-                });
-            }
+            // The shared policy decides: a missing destination fails at once, access
+            // denied after a few attempts, transient errors until shutdown.
             Err((class, message)) => {
                 tokio::select! {
                     r = retrier.failed(class, message) => r?,

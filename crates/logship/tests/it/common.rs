@@ -8,19 +8,19 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airside_testkit::{KillOnDrop, Moto, free_addr, moto, unique_name};
+use airside_testkit::{KillOnDrop, Moto, moto, unique_name};
 use serde_json::Value;
 
 /// The logship binary under test, killed when dropped.
 pub struct Daemon {
     pub child: KillOnDrop,
-    pub admin: SocketAddr,
     pub stderr: PathBuf,
     pub stdout_lines: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Daemon {
-    /// Starts logship with `args` (plus --admin-addr) talking to `endpoint`.
+    /// Starts logship with `args` talking to `endpoint`, its admin server on port 0 (read
+    /// back with [`Daemon::admin`]).
     pub fn start(args: &[String], endpoint: &str, log_dir: &Path, capture_stdout: bool) -> Self {
         Self::start_as(args, endpoint, log_dir, capture_stdout, None)
     }
@@ -34,12 +34,11 @@ impl Daemon {
         capture_stdout: bool,
         uid: Option<u32>,
     ) -> Self {
-        let admin = free_addr();
         let stderr = log_dir.join(format!("logship-{}.stderr", unique_name("run")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logship"));
         cmd.args(args)
             .arg("--admin-addr")
-            .arg(admin.to_string())
+            .arg("127.0.0.1:0")
             .arg("--log-format")
             .arg("json")
             .env_remove("ECS_CONTAINER_METADATA_URI_V4")
@@ -84,10 +83,14 @@ impl Daemon {
         });
         Self {
             child: KillOnDrop::new(child),
-            admin,
             stderr,
             stdout_lines,
         }
+    }
+
+    /// The address its admin server bound.
+    pub fn admin(&self) -> SocketAddr {
+        airside_testkit::logged_admin_addr(&self.stderr)
     }
 
     pub fn stderr_text(&self) -> String {
@@ -97,8 +100,9 @@ impl Daemon {
     /// Waits for /readyz to answer 200.
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let admin = self.admin();
         loop {
-            if let Ok((200, _)) = airside_core::healthcheck::get(self.admin, "/readyz").await {
+            if let Ok((200, _)) = airside_core::healthcheck::get(admin, "/readyz").await {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -117,7 +121,7 @@ impl Daemon {
     }
 
     pub async fn metrics(&self) -> String {
-        metrics(self.admin).await
+        metrics(self.admin()).await
     }
 
     pub fn sigterm(&self) {
@@ -190,14 +194,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    let sdk = moto().sdk_config().await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    )
-}
+pub use airside_testkit::s3::s3_client;
 
 pub async fn firehose_client() -> aws_sdk_firehose::Client {
     aws_sdk_firehose::Client::new(&moto().sdk_config().await)
@@ -226,49 +223,16 @@ pub async fn firehose_to_bucket() -> (String, String) {
 }
 
 pub async fn create_bucket() -> String {
-    let bucket = unique_name("logship");
-    s3_client()
-        .await
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    bucket
+    airside_testkit::s3::create_bucket(&s3_client().await, "logship").await
 }
 
 pub async fn list_keys(bucket: &str, prefix: &str) -> Vec<String> {
-    let s3 = s3_client().await;
-    let mut keys = Vec::new();
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for o in page.unwrap().contents() {
-            keys.push(o.key().unwrap().to_string());
-        }
-    }
-    keys
+    airside_testkit::s3::list_keys(&s3_client().await, bucket, prefix).await
 }
 
 /// Every record in one object (gunzipped when the key ends in .gz), in object order.
 pub async fn object_records(bucket: &str, key: &str) -> Vec<Value> {
-    let s3 = s3_client().await;
-    let body = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let body = airside_testkit::s3::get_object(&s3_client().await, bucket, key).await;
     let text = if key.ends_with(".gz") {
         let mut s = String::new();
         flate2::read::MultiGzDecoder::new(&body[..])
@@ -276,7 +240,7 @@ pub async fn object_records(bucket: &str, key: &str) -> Vec<Value> {
             .unwrap();
         s
     } else {
-        String::from_utf8(body.to_vec()).unwrap()
+        String::from_utf8(body).unwrap()
     };
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use airside_testkit::{EmptyRoot, KillOnDrop, Moto, dist_binary, free_addr, moto};
+use airside_testkit::{EmptyRoot, KillOnDrop, Moto, dist_binary, moto};
 use serde_json::Value;
 
 use crate::common::*;
@@ -47,7 +47,7 @@ async fn airflow_tree_arrives_exactly_once_through_firehose_and_s3() {
 
     // The healthcheck subcommand sees the running daemon as ready.
     let hc = std::process::Command::new(env!("CARGO_BIN_EXE_logship"))
-        .args(["healthcheck", "--admin-addr", &d.admin.to_string()])
+        .args(["healthcheck", "--admin-addr", &d.admin().to_string()])
         .status()
         .unwrap();
     assert!(hc.success(), "healthcheck failed against a ready daemon");
@@ -204,7 +204,7 @@ async fn large_s3_objects_use_multipart_upload() {
         false,
     );
     d.wait_ready().await;
-    let d_admin = d.admin;
+    let d_admin = d.admin();
     eventually(Duration::from_secs(60), "all lines read", || async move {
         metric_sum(&metrics(d_admin).await, "logship_records_read_total") >= 70_000.0
     })
@@ -388,7 +388,6 @@ async fn static_binary_ships_from_an_empty_root() {
     let content =
         "[2026-11-22T06:00:00.000+0000] {x.py:1} INFO - from an empty root\nplain line ✓\n";
     std::fs::write(logs.join("attempt=1.log"), content).unwrap();
-    let admin = free_addr();
     let mut cmd = root.command();
     cmd.args([
         "--path",
@@ -398,7 +397,7 @@ async fn static_binary_ships_from_an_empty_root() {
         "--state-dir",
         "/state",
         "--admin-addr",
-        &admin.to_string(),
+        "127.0.0.1:0",
         "--linger",
         "100ms",
     ])
@@ -410,7 +409,6 @@ async fn static_binary_ships_from_an_empty_root() {
     let child = cmd.spawn().unwrap();
     let mut d = Daemon {
         child: KillOnDrop::new(child),
-        admin,
         stderr,
         stdout_lines: None,
     };

@@ -79,7 +79,7 @@ async fn unreadable_files_and_folders_show_in_the_log_metrics_and_readyz() {
         l.iter().any(|x| x.contains("readable line"))
     })
     .await;
-    let admin = d.admin;
+    let admin = d.admin();
     eventually(
         Duration::from_secs(10),
         "both unreadable paths on /readyz",

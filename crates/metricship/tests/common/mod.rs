@@ -225,26 +225,21 @@ pub fn healthy_scheduler() -> Vec<String> {
 }
 
 /// A metricship command for a separate process: `binary` (the test build or the static
-/// one), its StatsD and admin on free loopback addresses, 1 s flushes, `freshness`, the
-/// per-run `Run` dimension, JSON logs, AWS through `endpoint` (a strict-AWS proxy).
-/// Returns the command and the StatsD and admin addresses.
+/// one), its StatsD and admin on port 0 (read back from its log, [`Logged`] or
+/// `CappedDaemon`), 1 s flushes, `freshness`, the per-run `Run` dimension, JSON logs, AWS
+/// through `endpoint` (a strict-AWS proxy).
 pub fn daemon_command(
     binary: &std::path::Path,
     endpoint: &str,
     run: &str,
     freshness: &str,
-) -> (std::process::Command, SocketAddr, SocketAddr) {
-    let statsd = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let admin = airside_testkit::free_addr();
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(binary);
     cmd.args([
         "--statsd-addr",
-        &statsd.to_string(),
+        "127.0.0.1:0",
         "--admin-addr",
-        &admin.to_string(),
+        "127.0.0.1:0",
         "--namespace",
         &airside_testkit::unique_name("Airflow"),
         "--flush-interval",
@@ -257,7 +252,71 @@ pub fn daemon_command(
         "json",
     ])
     .envs(airside_testkit::Moto::env_for(endpoint));
-    (cmd, statsd, admin)
+    cmd
+}
+
+/// The log level for a test that wants only warnings, but the two lines that say where
+/// the daemon listens.
+pub const WARN_BUT_ADDRESSES: &str = "warn,airside_core::admin=info,metricship=info";
+
+/// The StatsD address a metricship child bound, from its "StatsD socket bound" line in
+/// the JSON log at `log`.
+pub fn logged_statsd_addr(log: &std::path::Path) -> SocketAddr {
+    let listen = airside_testkit::logged_field(
+        log,
+        "StatsD socket bound",
+        "statsd",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "no StatsD address logged:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    listen
+        .trim_start_matches("udp://")
+        .parse()
+        .expect("a UDP address")
+}
+
+/// A metricship child whose stderr (JSON) goes to a temporary file, so that the
+/// addresses it bound on port 0 can be read back.
+pub struct Logged {
+    /// The process, killed when dropped.
+    pub child: airside_testkit::KillOnDrop,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Logged {
+    /// Spawns `cmd` (which should log JSON) with its stderr in a temporary file.
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        cmd.stderr(std::fs::File::create(&log).unwrap());
+        let child = airside_testkit::KillOnDrop::new(cmd.spawn().expect("spawn metricship"));
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The admin server's bound address.
+    pub fn admin(&self) -> SocketAddr {
+        airside_testkit::logged_admin_addr(&self.log)
+    }
+
+    /// The StatsD socket's bound address.
+    pub fn statsd(&self) -> SocketAddr {
+        logged_statsd_addr(&self.log)
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// Waits (20 s at most) until the daemon at `admin` answers /readyz with 200.

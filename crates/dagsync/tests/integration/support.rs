@@ -8,50 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use airside_testkit::{KillOnDrop, Moto, moto, unique_name};
-use aws_sdk_s3::primitives::ByteStream;
-use futures::StreamExt;
+pub use airside_testkit::s3::{
+    create_bucket, delete_object, put_object, put_objects, s3_client, s3_client_at,
+};
+use airside_testkit::{KillOnDrop, Moto};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dagsync");
-
-pub async fn s3() -> aws_sdk_s3::Client {
-    let config = moto().sdk_config().await;
-    let conf = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-pub async fn new_bucket(s3: &aws_sdk_s3::Client) -> String {
-    let bucket = unique_name("dags");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    bucket
-}
-
-pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(body.into()))
-        .send()
-        .await
-        .unwrap();
-}
-
-pub async fn put_many(s3: &aws_sdk_s3::Client, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
-    futures::stream::iter(objects.iter())
-        .for_each_concurrent(16, |(k, v)| put(s3, bucket, k, v.clone()))
-        .await;
-}
-
-pub async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
-    s3.delete_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-}
 
 /// Every regular file under `root` except dagsync's own folder: relative path → content.
 pub fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -118,14 +80,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// A daemon that syncs `source` into `dest` every second (no jitter) with
-    /// `--max-staleness` `staleness` and its admin server on `admin`.
-    pub fn fast(
-        endpoint: &str,
-        source: &str,
-        dest: &str,
-        staleness: &str,
-        admin: SocketAddr,
-    ) -> Self {
+    /// `--max-staleness` `staleness`.
+    pub fn fast(endpoint: &str, source: &str, dest: &str, staleness: &str) -> Self {
         Self::start(
             endpoint,
             &[
@@ -139,17 +95,18 @@ impl Daemon {
                 "0s",
                 "--max-staleness",
                 staleness,
-                "--admin-addr",
-                &admin.to_string(),
             ],
         )
     }
 
+    /// Starts dagsync with `args`, its admin server on port 0 (read back with
+    /// [`Daemon::admin`]).
     pub fn start(endpoint: &str, args: &[&str]) -> Self {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("stderr.log");
         let child = Command::new(BIN)
             .args(args)
+            .args(["--admin-addr", "127.0.0.1:0"])
             .envs(Moto::env_for(endpoint))
             .env("DAGSYNC_LOG_FORMAT", "json")
             .stdout(Stdio::null())
@@ -165,6 +122,11 @@ impl Daemon {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address its admin server bound.
+    pub fn admin(&self) -> SocketAddr {
+        airside_testkit::logged_admin_addr(&self.log)
     }
 
     pub fn assert_running(&mut self) {
@@ -231,13 +193,4 @@ pub fn leftovers(dest: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// An S3 client for `endpoint` (moto, or a proxy in front of it).
-pub async fn s3_at(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = moto().sdk_config_for(endpoint).await;
-    let conf = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
 }

@@ -1,21 +1,14 @@
 //! dagsync end to end: the real binary against moto's S3 on loopback.
 
-mod support;
-// The deployment the task definitions ship: strict S3, memory limits, a shared folder.
-#[path = "dagsync/deployment.rs"]
-mod deployment;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use airside_testkit::{
-    EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, free_addr, moto,
-};
+use crate::support::*;
+use airside_testkit::{EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, moto};
 use rand::{Rng, SeedableRng};
-use support::*;
 
 fn tree_with_many_objects() -> BTreeMap<String, Vec<u8>> {
     let mut objects = BTreeMap::new();
@@ -34,16 +27,16 @@ fn tree_with_many_objects() -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_a_large_nested_tree_exactly_and_nothing_outside_dest() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     let objects = tree_with_many_objects();
-    put_many(&s3, &bucket, &objects).await;
+    put_objects(&s3, &bucket, &objects).await;
     // A directory marker, unsafe keys, and a key in another environment's prefix.
-    put(&s3, &bucket, "env/empty-folder/", "").await;
-    put(&s3, &bucket, "env/../escape.py", "evil").await;
-    put(&s3, &bucket, "env/a/../../escape2.py", "evil").await;
-    put(&s3, &bucket, "env//rooted.py", "evil").await;
-    put(&s3, &bucket, "env2/other.py", "not ours").await;
+    put_object(&s3, &bucket, "env/empty-folder/", "").await;
+    put_object(&s3, &bucket, "env/../escape.py", "evil").await;
+    put_object(&s3, &bucket, "env/a/../../escape2.py", "evil").await;
+    put_object(&s3, &bucket, "env//rooted.py", "evil").await;
+    put_object(&s3, &bucket, "env2/other.py", "not ours").await;
 
     let root = tempfile::tempdir().unwrap();
     let dest = root.path().join("dags");
@@ -93,14 +86,14 @@ fn file_identities(dest: &Path) -> BTreeMap<String, (u64, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_deletes_pycache_and_restart_without_downloads() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     let mut objects = BTreeMap::new();
     objects.insert("p/a.py".to_string(), b"version-1".to_vec());
     objects.insert("p/nested/deep/b.py".to_string(), b"bbb".to_vec());
     objects.insert("p/nested/c.py".to_string(), b"ccc".to_vec());
     objects.insert("p/d.py".to_string(), b"ddd".to_vec());
-    put_many(&s3, &bucket, &objects).await;
+    put_objects(&s3, &bucket, &objects).await;
     let dest = tempfile::tempdir().unwrap();
     let d = dest.path().to_str().unwrap().to_string();
     let source = format!("s3://{bucket}/p/");
@@ -130,11 +123,11 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
     std::fs::write(dest.path().join("by_hand.py"), b"mine").unwrap();
 
     // Same-size edit, delete in a nested folder.
-    put(&s3, &bucket, "p/a.py", "version-2").await;
+    put_object(&s3, &bucket, "p/a.py", "version-2").await;
     objects.insert("p/a.py".into(), b"version-2".to_vec());
-    delete(&s3, &bucket, "p/nested/c.py").await;
+    delete_object(&s3, &bucket, "p/nested/c.py").await;
     objects.remove("p/nested/c.py");
-    delete(&s3, &bucket, "p/nested/deep/b.py").await;
+    delete_object(&s3, &bucket, "p/nested/deep/b.py").await;
     objects.remove("p/nested/deep/b.py");
     let (status, _, err) = run_once(&proxy.endpoint(), &with(&["--max-delete", "2"]));
     assert!(status.success(), "{err}");
@@ -150,7 +143,7 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
 
     // Remove the pycache: the next deletion prunes the emptied folders.
     std::fs::remove_dir_all(dest.path().join("nested/deep/__pycache__")).unwrap();
-    delete(&s3, &bucket, "p/d.py").await;
+    delete_object(&s3, &bucket, "p/d.py").await;
     objects.remove("p/d.py");
     let (status, _, err) = run_once(&proxy.endpoint(), &with(&["--max-delete", "1"]));
     assert!(status.success(), "{err}");
@@ -189,10 +182,10 @@ async fn edits_deletes_pycache_and_restart_without_downloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guards_refuse_and_exit_codes_follow_the_contract() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     for k in ["g/a.py", "g/b.py", "g/c.py", "g/d.py"] {
-        put(&s3, &bucket, k, k).await;
+        put_object(&s3, &bucket, k, k).await;
     }
     let dest = tempfile::tempdir().unwrap();
     let d = dest.path().to_str().unwrap().to_string();
@@ -212,7 +205,7 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
 
     // Over the cap: 3 of 4 would go, --max-delete 2 → exit 5, nothing deleted, says why.
     for k in ["g/b.py", "g/c.py", "g/d.py"] {
-        delete(&s3, &bucket, k).await;
+        delete_object(&s3, &bucket, k).await;
     }
     let (status, _, err) = once(&endpoint, &["--max-delete", "2"]);
     assert_eq!(status.code(), Some(5), "{err}");
@@ -229,7 +222,7 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
     assert_eq!(snapshot(dest.path()), synced);
 
     // Empty prefix: refused even with a generous cap.
-    delete(&s3, &bucket, "g/a.py").await;
+    delete_object(&s3, &bucket, "g/a.py").await;
     let (status, _, err) = once(&endpoint, &["--max-delete", "100%"]);
     assert_eq!(status.code(), Some(5), "{err}");
     assert!(err.contains("listing is empty"), "{err}");
@@ -287,8 +280,8 @@ async fn guards_refuse_and_exit_codes_follow_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_through_injected_faults_and_keeps_running() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     let mut objects = BTreeMap::new();
     for i in 0..150 {
         objects.insert(
@@ -296,10 +289,9 @@ async fn converges_through_injected_faults_and_keeps_running() {
             format!("dag {i}").into_bytes(),
         );
     }
-    put_many(&s3, &bucket, &objects).await;
+    put_objects(&s3, &bucket, &objects).await;
     let proxy = FaultProxy::start(&moto().endpoint(), FaultPlan::all(0.3));
     let dest = tempfile::tempdir().unwrap();
-    let admin = free_addr();
     let mut daemon = Daemon::start(
         &proxy.endpoint(),
         &[
@@ -313,10 +305,9 @@ async fn converges_through_injected_faults_and_keeps_running() {
             "200ms",
             "--max-staleness",
             "5s",
-            "--admin-addr",
-            &admin.to_string(),
         ],
     );
+    let admin = daemon.admin();
     let want = expected_tree(&objects, "f/");
     assert!(
         wait_until(Duration::from_secs(90), || snapshot(dest.path()) == want),
@@ -327,10 +318,10 @@ async fn converges_through_injected_faults_and_keeps_running() {
     // Change things while faults continue.
     for i in 0..20 {
         let k = format!("f/dir{}/dag{i}.py", i % 5);
-        put(&s3, &bucket, &k, format!("dag {i} v2")).await;
+        put_object(&s3, &bucket, &k, format!("dag {i} v2")).await;
         objects.insert(k, format!("dag {i} v2").into_bytes());
     }
-    delete(&s3, &bucket, "f/dir0/dag145.py").await;
+    delete_object(&s3, &bucket, "f/dir0/dag145.py").await;
     objects.remove("f/dir0/dag145.py");
     let want = expected_tree(&objects, "f/");
     assert!(
@@ -395,8 +386,8 @@ async fn sigkill_never_leaves_partial_files_on_a_fuse_mount() {
 }
 
 async fn sigkill_rounds(dest: &Path) {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     let keys: Vec<String> = (0..12).map(|i| format!("k/big{i}.py")).collect();
     let content = |key: &str, version: u32| -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(
@@ -411,7 +402,7 @@ async fn sigkill_rounds(dest: &Path) {
     let mut versions: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for k in &keys {
         let c = content(k, 0);
-        put(&s3, &bucket, k, c.clone()).await;
+        put_object(&s3, &bucket, k, c.clone()).await;
         versions.entry(k.clone()).or_default().push(c);
     }
     let source = format!("s3://{bucket}/k/");
@@ -435,7 +426,7 @@ async fn sigkill_rounds(dest: &Path) {
         for k in &keys {
             if rng.random_bool(0.5) {
                 let c = content(k, round);
-                put(&s3, &bucket, k, c.clone()).await;
+                put_object(&s3, &bucket, k, c.clone()).await;
                 versions.get_mut(k).unwrap().push(c);
             }
         }
@@ -452,8 +443,6 @@ async fn sigkill_rounds(dest: &Path) {
                 "0s",
                 "--concurrency",
                 "4",
-                "--admin-addr",
-                &free_addr().to_string(),
             ],
         );
         std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
@@ -491,14 +480,12 @@ async fn sigkill_rounds(dest: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_healthcheck() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
-    put(&s3, &bucket, "h/a.py", "a").await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
+    put_object(&s3, &bucket, "h/a.py", "a").await;
     // Start with every request failing: alive but not ready.
     let proxy = FaultProxy::start(&moto().endpoint(), FaultPlan::only(1.0, &[Fault::SlowDown]));
     let dest = tempfile::tempdir().unwrap();
-    let admin_addr = free_addr();
-    let admin = admin_addr.to_string();
     let mut daemon = Daemon::start(
         &proxy.endpoint(),
         &[
@@ -514,10 +501,10 @@ async fn health_readiness_metrics_and_healthcheck() {
             "3s",
             "--ready-max-age",
             "4s",
-            "--admin-addr",
-            &admin,
         ],
     );
+    let admin_addr = daemon.admin();
+    let admin = admin_addr.to_string();
     assert!(wait_until(Duration::from_secs(20), || http_get(
         admin_addr, "/healthz"
     )
@@ -602,8 +589,6 @@ fn local_source_with_watch_syncs_on_change() {
             "0s",
             "--max-staleness",
             "120s",
-            "--admin-addr",
-            &free_addr().to_string(),
         ],
     );
     assert!(
@@ -643,9 +628,9 @@ fn local_source_with_watch_syncs_on_change() {
 /// reaches the emulator by name through hickory's /etc/hosts lookup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_binary_runs_from_an_empty_root() {
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
-    put(&s3, &bucket, "e/dag.py", "from the empty root").await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
+    put_object(&s3, &bucket, "e/dag.py", "from the empty root").await;
     let root = EmptyRoot::new(&dist_binary("dagsync"));
     root.mkdir("dags");
     let out = root

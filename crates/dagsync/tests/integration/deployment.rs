@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use airside_testkit::{FaultPlan, FaultProxy, MemoryCap, Moto, free_addr, moto};
+use airside_testkit::{FaultPlan, FaultProxy, MemoryCap, Moto, moto};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use md5::{Digest, Md5};
@@ -117,8 +117,8 @@ fn once_into(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never_publish() {
     let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
-    let s3 = s3_at(&proxy.endpoint()).await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client_at(&proxy.endpoint()).await;
+    let bucket = create_bucket(&s3, "dags").await;
     let strict = proxy.strict_s3();
     let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for i in 0..30 {
@@ -213,14 +213,13 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
     // The daemon keeps the fleet going: ready, the failures on /readyz and /metrics, and
     // the files published as soon as their bodies come through intact.
     let dest = tempfile::tempdir().unwrap();
-    let admin_addr = free_addr();
     let mut daemon = Daemon::fast(
         &proxy.endpoint(),
         &format!("s3://{bucket}/dags/"),
         dest.path().to_str().unwrap(),
         "3s",
-        admin_addr,
     );
+    let admin_addr = daemon.admin();
     assert!(
         wait_until(Duration::from_secs(30), || http_get(admin_addr, "/readyz")
             .0
@@ -271,8 +270,8 @@ async fn strict_s3_encrypted_and_multipart_objects_sync_and_corrupt_bodies_never
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_can_read_no_object_exits_3() {
     let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
-    let s3 = s3_at(&proxy.endpoint()).await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client_at(&proxy.endpoint()).await;
+    let bucket = create_bucket(&s3, "dags").await;
     for i in 0..3 {
         let key = format!("dags/kms_{i}.py");
         put_sse(&s3, &bucket, &key, &content(i, 100), Sse::Kms).await;
@@ -292,8 +291,8 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
     if !MemoryCap::available() {
         panic!("memory-capped tests need root and the cgroup v1 memory controller");
     }
-    let s3 = s3().await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client().await;
+    let bucket = create_bucket(&s3, "dags").await;
     let mut objects = BTreeMap::new();
     for i in 0..40 {
         let mut body = content(i, 7 * 1024 * 1024);
@@ -307,10 +306,9 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
             content(i, 200),
         );
     }
-    put_many(&s3, &bucket, &objects).await;
+    put_objects(&s3, &bucket, &objects).await;
     let cap = MemoryCap::for_container("worker", "dagsync");
     let dest = tempfile::tempdir().unwrap();
-    let admin_addr = free_addr();
     // The binary the image ships: a debug build's memory says little about production.
     let mut cmd = Command::new(airside_testkit::dist_binary("dagsync"));
     cmd.args([
@@ -319,11 +317,12 @@ async fn large_objects_sync_inside_the_task_definition_memory_limit() {
         "--dest",
         dest.path().to_str().unwrap(),
         "--admin-addr",
-        &admin_addr.to_string(),
+        "127.0.0.1:0",
     ])
     .envs(Moto::env_for(&moto().endpoint()))
     .env("DAGSYNC_LOG_FORMAT", "json");
     let mut daemon = cap.spawn_daemon("dagsync", &mut cmd);
+    let admin_addr = daemon.admin_addr();
     let synced = wait_until(Duration::from_secs(240), || {
         http_get(admin_addr, "/readyz").0 == 200 || daemon.child.try_wait().unwrap().is_some()
     });
@@ -407,8 +406,8 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
         "bindfs and /dev/fuse are needed (scripts/test installs bindfs)"
     );
     let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
-    let s3 = s3_at(&proxy.endpoint()).await;
-    let bucket = new_bucket(&s3).await;
+    let s3 = s3_client_at(&proxy.endpoint()).await;
+    let bucket = create_bucket(&s3, "dags").await;
     let keys: Vec<String> = (0..2000)
         .map(|i| format!("team{}/dag_{i:04}.py", i % 10))
         .collect();
@@ -416,7 +415,7 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
         .iter()
         .map(|k| (format!("s/{k}"), version_body(k, 1)))
         .collect();
-    put_many(&s3, &bucket, &v1).await;
+    put_objects(&s3, &bucket, &v1).await;
     let fuse = FuseMount::new();
     let dest = fuse.path().to_str().unwrap().to_string();
     let source = format!("s3://{bucket}/s/");
@@ -426,8 +425,8 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
     let instances = 12;
     let mut daemons: Vec<(Daemon, std::net::SocketAddr)> = (0..instances)
         .map(|_| {
-            let addr = free_addr();
-            let d = Daemon::fast(&proxy.endpoint(), &source, &dest, "30s", addr);
+            let d = Daemon::fast(&proxy.endpoint(), &source, &dest, "30s");
+            let addr = d.admin();
             (d, addr)
         })
         .collect();
@@ -510,7 +509,7 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
             .iter()
             .map(|k| (format!("s/{k}"), version_body(k, v)))
             .collect();
-        put_many(&s3, &bucket, &batch).await;
+        put_objects(&s3, &bucket, &batch).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let mut expected = expected;
@@ -557,7 +556,7 @@ async fn twelve_instances_share_one_folder_with_one_writer() {
         .iter()
         .map(|k| (format!("s/{k}"), version_body(k, 5)))
         .collect();
-    put_many(&s3, &bucket, &v5).await;
+    put_objects(&s3, &bucket, &v5).await;
     let writer = daemons
         .iter()
         .position(|(_, a)| role_of(*a) == Some("writer"))
