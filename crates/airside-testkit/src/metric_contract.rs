@@ -40,7 +40,13 @@ pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
     if !all.contains(&last_success) {
         breaches.push(format!("the shared vocabulary wants {last_success}"));
     }
-    let classes = ["transient", "throttled", "access_denied", "not_found", "invalid"];
+    let classes = [
+        "transient",
+        "throttled",
+        "access_denied",
+        "not_found",
+        "invalid",
+    ];
     let mut by_class = 0;
     for line in readme.lines().filter(|l| l.starts_with("| `")) {
         let names = table_names(line, &prefix);

@@ -375,6 +375,9 @@ impl Running {
         let mut publisher = self.publisher.take();
         let mut flusher = self.flusher.take();
         let fatal = tokio::select! {
+            // Shutdown first: the flush loop also ends at shutdown, and when both are
+            // ready an unbiased select could take that for a fatal end.
+            biased;
             _ = self.shutdown.cancelled() => None,
             // The flush loop only returns at shutdown: anything else is fatal, or the
             // daemon would keep answering /readyz while publishing nothing.
@@ -385,10 +388,11 @@ impl Running {
                 }
             } => {
                 flusher = None;
-                Some(Error::Internal(match r {
-                    Ok(()) => "the flush task ended".to_string(),
-                    Err(e) => format!("the flush task failed: {e}"),
-                }))
+                match r {
+                    Ok(()) if self.shutdown.is_cancelled() => None,
+                    Ok(()) => Some(Error::Internal("the flush task ended".to_string())),
+                    Err(e) => Some(Error::Internal(format!("the flush task failed: {e}"))),
+                }
             }
             // All senders gone (the start check finished) disables this branch.
             Some(e) = self.fatal.recv() => Some(e),
