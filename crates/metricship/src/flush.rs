@@ -11,8 +11,9 @@ use airside_core::shutdown::Shutdown;
 
 use crate::cloudwatch::{BatchKind, batches};
 use crate::datum::{Datum, DatumValue, Unit};
+use crate::pipeline::{Output, Shared};
 use crate::signal::Input;
-use crate::{Output, Shared, emf, rules};
+use crate::{emf, rules};
 
 pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
     let period = shared.config.flush_interval;

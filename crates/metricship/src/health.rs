@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use airside_core::shutdown::Shutdown;
 
-use crate::{Shared, ingest, rules};
+use crate::pipeline::Shared;
+use crate::{ingest, rules};
 
 /// Publishes the receive counters and ingest statistics to the metrics registry once a second.
 pub(crate) async fn export_health(

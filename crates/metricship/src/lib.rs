@@ -30,6 +30,7 @@ mod flush;
 mod health;
 pub mod ingest;
 pub mod mapping;
+pub mod pipeline;
 pub mod prometheus;
 pub mod rules;
 pub mod signal;
@@ -59,8 +60,10 @@ use crate::datum::Allowlist;
 use crate::flush::{flush_loop, flush_once};
 use crate::health::export_health;
 use crate::ingest::{Listen, ReceiveCounters, StatsdSocket};
+pub use crate::pipeline::Output;
+use crate::pipeline::Shared;
 use crate::prometheus::Exposition;
-use crate::signal::{Input, Signal, SignalSettings};
+use crate::signal::SignalSettings;
 
 /// Why the daemon stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,31 +115,6 @@ impl HasExitCode for Error {
             Error::Internal(_) => ExitCode::Other,
         }
     }
-}
-
-/// Where interval datums go.
-#[derive(Clone)]
-pub enum Output {
-    /// PutMetricData with this client.
-    CloudWatch(aws_sdk_cloudwatch::Client),
-    /// EMF lines on stdout.
-    Emf,
-    /// Nowhere (Prometheus only).
-    None,
-}
-
-/// State shared by the daemon's tasks.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) aggregator: Arc<Mutex<Aggregator>>,
-    pub(crate) signal_settings: SignalSettings,
-    pub(crate) allowlist: Allowlist,
-    pub(crate) last_signal: Mutex<Option<Signal>>,
-    pub(crate) missing_inputs: Mutex<Vec<Input>>,
-    pub(crate) backlog: Arc<Mutex<Backlog>>,
-    pub(crate) wake: Arc<Notify>,
-    pub(crate) output: Output,
-    pub(crate) counters: Arc<ReceiveCounters>,
 }
 
 /// A started daemon.

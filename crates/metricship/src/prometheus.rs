@@ -10,8 +10,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::Shared;
 use crate::aggregate::{Aggregator, PromValue, SeriesCursor};
+use crate::pipeline::Shared;
 use crate::signal::Signal;
 
 fn escape(v: &str, out: &mut String) {
