@@ -5,8 +5,10 @@
 //! * `ALL` is every constant the module declares;
 //! * every constant is used somewhere else in `src/` (a name nobody registers is a row
 //!   that documents nothing);
-//! * no other file of `src/` spells a `"<daemon>_` string literal, so the code cannot
-//!   register a name the module (and so the README) does not know;
+//! * no other file of `src/` spells a `"<daemon>_` string literal or calls `metrics::`:
+//!   every event is a function of the telemetry module that logs and counts it (as
+//!   vector's `internal_events`), so the code cannot register a name the module (and so
+//!   the README) does not know;
 //! * the shared vocabulary: every daemon has `<daemon>_last_success_timestamp_seconds`
 //!   and an `…errors_total` counter of its failed AWS requests labelled `class`, and a
 //!   `class` label anywhere takes the core's error classes (the README's retry table).
@@ -87,15 +89,41 @@ pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
             (p, text)
         })
         .collect();
+    // The telemetry module's own code: its event functions, without the declarations
+    // and the ALL list.
+    let events_code: String = {
+        let without_all = match telemetry.split_once("pub const ALL") {
+            Some((head, rest)) => format!("{head}{}", rest.split_once("];").map_or("", |x| x.1)),
+            None => telemetry.clone(),
+        };
+        without_all
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("pub const "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     for (ident, value) in &declared {
-        let used = others.iter().any(|(_, text)| uses(text, ident));
+        let used = uses(&events_code, ident) || others.iter().any(|(_, text)| uses(text, ident));
         if !used {
             breaches.push(format!("{value} ({ident}) is declared but never used"));
+        }
+    }
+    for event in event_functions(&telemetry) {
+        if !others.iter().any(|(_, text)| uses(text, &event)) {
+            breaches.push(format!("telemetry::{event} is an event nothing reports"));
         }
     }
     let literal = format!("\"{prefix}");
     for (path, text) in &others {
         for (n, line) in text.lines().enumerate() {
+            if line.contains("metrics::") && !line.trim_start().starts_with("//") {
+                breaches.push(format!(
+                    "{}:{}: counting outside telemetry.rs (give the event a function there): {}",
+                    path.display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
             if line.contains(&literal) {
                 breaches.push(format!(
                     "{}:{}: a metric name spelled outside telemetry.rs: {}",
@@ -149,6 +177,17 @@ fn declared_constants(source: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The names of the `pub fn`s of a telemetry module (its events).
+fn event_functions(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("pub fn ")?;
+            Some(rest.split(['(', '<']).next()?.to_string())
+        })
+        .collect()
+}
+
 /// Whether `text` names `ident` as a whole word.
 fn uses(text: &str, ident: &str) -> bool {
     text.match_indices(ident).any(|(at, _)| {
@@ -188,6 +227,16 @@ mod tests {
                   Text mentioning `d_prose`.\n";
         let names: Vec<String> = table_names(md, "d_").into_iter().collect();
         assert_eq!(names, ["d_a_total", "d_b", "d_c_seconds"]);
+    }
+
+    #[test]
+    fn event_functions_are_the_public_fns() {
+        let src = "pub const A: &str = \"d_a\";\npub fn sent(n: u64) {}\nfn private() {}\npub fn generic<T>(t: T) {}\n";
+        assert_eq!(event_functions(src), ["sent", "generic"]);
+        assert_eq!(
+            declared_constants(src),
+            [("A".to_string(), "d_a".to_string())]
+        );
     }
 
     #[test]

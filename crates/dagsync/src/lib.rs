@@ -28,7 +28,7 @@ pub mod verify;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use airside_core::ExitCode;
 use airside_core::admin::{AdminServer, Readiness};
@@ -41,7 +41,7 @@ use airside_core::shutdown::{Shutdown, drain, sleep_or_shutdown};
 use airside_core::daemon::{Allocator, Daemon, Runtime};
 pub use config::{Cli, Command, Config, SyncArgs};
 use source::{Source, SourceSpec};
-use syncer::{CycleError, CycleReport, Syncer};
+use syncer::{CycleError, Syncer};
 
 /// Why dagsync stopped.
 #[derive(Debug, thiserror::Error)]
@@ -164,38 +164,6 @@ pub async fn connect(spec: &SourceSpec, direct_get: bool) -> Result<Source, Erro
     }
 }
 
-fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
-    let failed_keys: Vec<&str> = report
-        .failed
-        .iter()
-        .take(10)
-        .map(|f| f.key.as_str())
-        .collect();
-    tracing::info!(
-        role = lease::Role::Writer.as_str(),
-        result = if report.changed() { "changed" } else { "noop" },
-        listed = report.listed,
-        downloaded = report.downloaded,
-        bytes = report.bytes,
-        via_sdk = report.via_sdk,
-        deleted = report.deleted,
-        pruned = report.pruned,
-        unchanged = report.unchanged,
-        invalid = report.invalid,
-        refused = report.refused_count,
-        failed = report.failed.len(),
-        failed_keys = %failed_keys.join(","),
-        files = synced,
-        duration_ms = elapsed.as_millis() as u64,
-        "sync cycle"
-    );
-    for f in &report.failed {
-        tracing::warn!(key = %f.key, reason = f.reason, error = %f.error, "object not published; its previous version stays and it is retried next cycle");
-        metrics::counter!(telemetry::OBJECT_FAILURES, "reason" => f.reason).increment(1);
-    }
-    metrics::gauge!(telemetry::OBJECTS_FAILING).set(report.failed.len() as f64);
-}
-
 /// What every instance knows of the shared folder's freshness, for `/readyz`: the last
 /// successful cycle (this process's as writer, the writer's as standby) and the objects
 /// that failed in it.
@@ -203,12 +171,6 @@ fn log_cycle(report: &CycleReport, elapsed: Duration, synced: usize) {
 struct Freshness {
     last_success: Option<SystemTime>,
     failing: Vec<(String, String)>,
-}
-
-fn set_role(role: lease::Role) {
-    for r in [lease::Role::Writer, lease::Role::Standby] {
-        metrics::gauge!(telemetry::ROLE, "role" => r.as_str()).set(f64::from(u8::from(r == role)));
-    }
 }
 
 /// Runs dagsync until shutdown (or for one cycle with `--once`), with the given source.
@@ -339,7 +301,7 @@ async fn sync_loop(
                             "another dagsync writes this DAG folder; standing by"
                         );
                         role = Some(lease::Role::Standby);
-                        set_role(lease::Role::Standby);
+                        telemetry::role_taken(lease::Role::Standby);
                     }
                     if let Some(status) = &status {
                         {
@@ -377,7 +339,7 @@ async fn sync_loop(
         }
         if role != Some(lease::Role::Writer) {
             role = Some(lease::Role::Writer);
-            set_role(lease::Role::Writer);
+            telemetry::role_taken(lease::Role::Writer);
         }
         let started = Instant::now();
         let result = {
@@ -398,8 +360,7 @@ async fn sync_loop(
             }
         };
         let elapsed = started.elapsed();
-        metrics::histogram!(telemetry::SYNC_DURATION).record(elapsed.as_secs_f64());
-        metrics::gauge!(telemetry::FILES_SYNCED).set(syncer.synced_files() as f64);
+        telemetry::cycle_ended(elapsed, syncer.synced_files());
         let delay = match result {
             Ok(report) => {
                 if let Some(plan) = &report.dry_run_plan {
@@ -413,14 +374,8 @@ async fn sync_loop(
                     t.abort();
                     eprintln!();
                 }
-                log_cycle(&report, elapsed, syncer.synced_files());
+                telemetry::cycle_succeeded(&report, elapsed, syncer.synced_files());
                 retry.succeeded();
-                let label = if report.changed() { "changed" } else { "noop" };
-                metrics::counter!(telemetry::SYNCS, "result" => label).increment(1);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                metrics::gauge!(telemetry::LAST_SUCCESS).set(now.as_secs_f64());
                 let failing: Vec<(String, String)> = report
                     .failed
                     .iter()
@@ -468,9 +423,7 @@ async fn sync_loop(
             }
             Err(error) => {
                 let class = error.class();
-                metrics::counter!(telemetry::SYNCS, "result" => "error").increment(1);
-                metrics::counter!(telemetry::ERRORS, "class" => class.as_str()).increment(1);
-                tracing::error!(error = %error, class = class.as_str(), duration_ms = elapsed.as_millis() as u64, "sync cycle failed");
+                telemetry::cycle_failed(&error, class.as_str(), elapsed);
                 match retry.failed(class) {
                     Verdict::RetryAfter(delay)
                         if !(once && matches!(error, CycleError::Destination { .. })) =>

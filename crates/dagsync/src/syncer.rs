@@ -15,7 +15,7 @@ use crate::publish::{Staged, publish};
 use crate::source::{RemoteObject, Source, SourceError};
 use crate::staging::Staging;
 use crate::state::{Entry, State, nanos};
-use crate::telemetry as m;
+use crate::telemetry;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -252,8 +252,7 @@ impl Syncer {
         report.refused_count = the_plan.refused_paths.len();
         for (key, why) in &the_plan.invalid {
             if self.seen_invalid.insert(key.clone()) {
-                tracing::warn!(key = %key, reason = %why, "skipping key: it cannot be written safely under --dest");
-                metrics::counter!(m::INVALID_KEYS).increment(1);
+                telemetry::key_skipped(key, why);
             }
         }
         if self.config.dry_run {
@@ -261,8 +260,7 @@ impl Syncer {
             return Ok(report);
         }
         if let Some(r) = &the_plan.refused {
-            tracing::error!(refused = the_plan.refused_paths.len(), reason = %r, "deletions refused");
-            metrics::counter!(m::DELETIONS_REFUSED).increment(the_plan.refused_paths.len() as u64);
+            telemetry::deletions_refused(the_plan.refused_paths.len(), r);
         }
         let (fetched, bytes, via_sdk, failed) = self.fetch_all(&the_plan).await?;
         // Access denied on every object, by a process that never fetched one and finds
@@ -394,9 +392,7 @@ impl Syncer {
                     let n = fetched.bytes;
                     bytes += n;
                     via_sdk += usize::from(fetched.via == crate::source::Via::Sdk);
-                    metrics::counter!(m::OBJECTS_DOWNLOADED, "via" => fetched.via.as_str())
-                        .increment(1);
-                    metrics::counter!(m::BYTES_DOWNLOADED).increment(n);
+                    telemetry::object_downloaded(fetched.via.as_str(), n);
                     done.push(Staged {
                         path,
                         staged: to,
@@ -487,7 +483,7 @@ impl Syncer {
         }
         report.deleted = published.deleted;
         report.pruned = published.pruned;
-        metrics::counter!(m::FILES_DELETED).increment(published.deleted as u64);
+        telemetry::files_deleted(published.deleted);
         let tmp = self.staging.dir().join("state.json.tmp");
         let save = self.state.save(&self.state_path, &tmp);
         if let Some((path, why)) = published.failed.first() {

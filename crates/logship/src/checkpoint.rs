@@ -305,15 +305,14 @@ pub async fn write_loop(ledger: Arc<Ledger>, stop: airside_core::shutdown::Shutd
         match tokio::task::spawn_blocking(move || l.persist()).await {
             Ok(Ok(true)) => {
                 last_write = std::time::Instant::now();
-                metrics::counter!(crate::telemetry::CHECKPOINT_WRITES_TOTAL).increment(1);
+                crate::telemetry::checkpoint_written();
             }
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write checkpoints; will retry"),
+            Ok(Err(e)) => crate::telemetry::checkpoint_write_failed(&e),
             Err(e) => tracing::error!(error = %e, "checkpoint writer panicked"),
         }
         tokio::time::sleep(CHECKPOINT_MIN_GAP).await;
-        metrics::gauge!(crate::telemetry::CHECKPOINT_AGE_SECONDS)
-            .set(last_write.elapsed().as_secs_f64());
+        crate::telemetry::checkpoint_age(last_write.elapsed());
     }
 }
 

@@ -1,5 +1,13 @@
-//! Every name logship exports on `/metrics`, in one place: the crate README's metrics
-//! table lists exactly [`ALL`] (checked by the contract test below).
+//! logship's telemetry, in one place: every name it exports on `/metrics` (the crate
+//! README's metrics table lists exactly [`ALL`], checked by the contract test below) and
+//! one function per notable event, which logs it and counts it, as vector's
+//! `internal_events` do. No other module calls `metrics::` (the contract test checks).
+
+use std::fmt::Display;
+use std::path::Path;
+use std::time::Duration;
+
+use airside_core::aws::ErrorClass;
 
 /// Counter: bytes read from followed files.
 pub const BYTES_READ_TOTAL: &str = "logship_bytes_read_total";
@@ -74,6 +82,165 @@ pub const ALL: &[&str] = &[
     S3_EARLY_ROLLS_TOTAL,
     S3_BUFFERED_BYTES,
 ];
+
+// --- the files input ---------------------------------------------------------------------
+
+/// Bytes read from followed files.
+pub fn bytes_read(n: usize) {
+    metrics::counter!(BYTES_READ_TOTAL).increment(n as u64);
+}
+
+/// An input handed a chunk of `records` records to the outputs.
+pub fn records_read(records: usize) {
+    metrics::counter!(RECORDS_READ_TOTAL).increment(records as u64);
+}
+
+/// A watch event that may concern a followed file or folder.
+pub fn watch_event() {
+    metrics::counter!(WATCH_EVENTS_TOTAL).increment(1);
+}
+
+/// How many files are followed now.
+pub fn files_followed(n: usize) {
+    metrics::gauge!(FILES_FOLLOWED).set(n as f64);
+}
+
+/// After housekeeping: files followed, and bytes in them no output has acknowledged.
+pub fn files_state(followed: usize, bytes_behind: u64) {
+    metrics::gauge!(BYTES_BEHIND).set(bytes_behind as f64);
+    files_followed(followed);
+}
+
+/// A file known from the checkpoints is followed again from its checkpoint.
+pub fn file_resumed(path: &str, offset: u64, via: &'static str) {
+    tracing::info!(path = %path, offset, "resuming from checkpoint");
+    metrics::counter!(FILES_DISCOVERED_TOTAL, "via" => via).increment(1);
+}
+
+/// A copy of a truncated file continues where the file had been read to.
+pub fn file_copy_continued(path: &str, offset: u64, via: &'static str) {
+    tracing::info!(path = %path, offset, "continuing a truncated file in its copy");
+    metrics::counter!(FILES_DISCOVERED_TOTAL, "via" => via).increment(1);
+}
+
+/// A new file is followed from its start.
+pub fn file_followed(path: &str, id_hex: &str, via: &'static str) {
+    tracing::info!(path = %path, id = %id_hex, "following new file");
+    metrics::counter!(FILES_DISCOVERED_TOTAL, "via" => via).increment(1);
+}
+
+/// A followed file was renamed away or deleted, and was read to its end.
+pub fn file_rotated(path: &Path) {
+    tracing::info!(path = %path.display(), "file rotated away or deleted and read to its end");
+    metrics::counter!(ROTATIONS_TOTAL, "kind" => "rename").increment(1);
+}
+
+/// A followed file got shorter (copytruncate): it is read again from the start.
+pub fn file_truncated(path: &Path, at: u64) {
+    tracing::info!(path = %path.display(), at, "file truncated (copytruncate); reading it again from the start");
+    metrics::counter!(ROTATIONS_TOTAL, "kind" => "truncate").increment(1);
+}
+
+/// A path under the globs was found unreadable (logged and counted once per path).
+pub fn path_unreadable(path: &str, why: &str, uid: u32) {
+    metrics::counter!(FILES_UNREADABLE_TOTAL).increment(1);
+    tracing::warn!(
+        path = %path,
+        error = %why,
+        uid,
+        "cannot read a log file or folder: nothing in it is shipped until it can be read (logship's user needs read permission on files and read+execute on folders; Airflow's default umask and uid 50000 leave them unreadable to other users)"
+    );
+}
+
+/// A path that was unreadable can be read again, or is gone.
+pub fn path_readable_again(path: &str) {
+    tracing::info!(path = %path, "readable again (or gone)");
+}
+
+/// How many paths are unreadable now.
+pub fn paths_unreadable(n: usize) {
+    metrics::gauge!(FILES_UNREADABLE).set(n as f64);
+}
+
+// --- the outputs -------------------------------------------------------------------------
+
+/// An output delivered records (stdout: written; the others: accepted by the service).
+pub fn records_delivered(output: &str, records: u64, bytes: u64) {
+    metrics::counter!(RECORDS_SENT_TOTAL, "output" => output.to_string()).increment(records);
+    metrics::counter!(BYTES_SENT_TOTAL, "output" => output.to_string()).increment(bytes);
+}
+
+/// A Firehose batch was accepted whole.
+pub fn batch_delivered(output: &str, records: u64, bytes: u64) {
+    records_delivered(output, records, bytes);
+    metrics::counter!(BATCHES_TOTAL, "output" => output.to_string()).increment(1);
+    metrics::gauge!(LAST_BATCH_RECORDS, "output" => output.to_string()).set(records as f64);
+    metrics::gauge!(LAST_BATCH_BYTES, "output" => output.to_string()).set(bytes as f64);
+}
+
+/// An S3 object was written: its summary line, and it counts as a batch.
+pub fn object_written(output: &str, key: &str, records: u64, bytes: u64, compressed: u64) {
+    tracing::info!(output = %output, key = %key, records, bytes, compressed, "object written");
+    batch_delivered(output, records, bytes);
+}
+
+/// Firehose refused some records of a batch; only those are sent again.
+pub fn records_failed(output: &str, failed: usize, first_error: &str) {
+    metrics::counter!(RECORDS_FAILED_TOTAL, "output" => output.to_string())
+        .increment(failed as u64);
+    tracing::warn!(output = %output, failed, error = %first_error, "partial batch failure; re-sending only the failed records");
+}
+
+/// The oldest open S3 object is closed early to keep within `--s3-max-buffered`.
+pub fn object_rolled_early(output: &str, key: &str, buffered: u64) {
+    metrics::counter!(S3_EARLY_ROLLS_TOTAL, "output" => output.to_string()).increment(1);
+    tracing::debug!(key = %key, buffered, "rolling the oldest object early to bound memory");
+}
+
+/// What the open S3 objects of an output hold.
+pub fn s3_buffered(output: &str, bytes: u64) {
+    metrics::gauge!(S3_BUFFERED_BYTES, "output" => output.to_string()).set(bytes as f64);
+}
+
+/// A request of an output was accepted.
+pub fn delivery_succeeded(output: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!(LAST_SUCCESS_TIMESTAMP_SECONDS, "output" => output.to_string())
+        .set(now.as_secs_f64());
+}
+
+/// A request of an output failed; `retry_in` is `None` when the output gives up.
+pub fn delivery_failed(output: &str, class: ErrorClass, error: &str, retry_in: Option<Duration>) {
+    metrics::counter!(ERRORS_TOTAL, "output" => output.to_string(), "class" => class.as_str())
+        .increment(1);
+    let Some(delay) = retry_in else {
+        return;
+    };
+    metrics::counter!(RETRIES_TOTAL, "output" => output.to_string()).increment(1);
+    if class == ErrorClass::Throttled {
+        metrics::counter!(THROTTLES_TOTAL, "output" => output.to_string()).increment(1);
+    }
+    tracing::warn!(output = %output, class = class.as_str(), error = %error, retry_in = ?delay, "delivery failed; retrying");
+}
+
+// --- checkpoints -------------------------------------------------------------------------
+
+/// The checkpoint file was written.
+pub fn checkpoint_written() {
+    metrics::counter!(CHECKPOINT_WRITES_TOTAL).increment(1);
+}
+
+/// Writing the checkpoint file failed; the writer tries again.
+pub fn checkpoint_write_failed(error: &dyn Display) {
+    tracing::error!(error = %error, "cannot write checkpoints; will retry");
+}
+
+/// Seconds since the checkpoint file was last written.
+pub fn checkpoint_age(age: Duration) {
+    metrics::gauge!(CHECKPOINT_AGE_SECONDS).set(age.as_secs_f64());
+}
 
 #[cfg(test)]
 mod tests {

@@ -319,24 +319,17 @@ impl Publisher {
                 .set_metric_data(Some(datums))
                 .send()
                 .await;
-            metrics::histogram!(crate::telemetry::CLOUDWATCH_REQUEST_SECONDS)
-                .record(started.elapsed().as_secs_f64());
+            crate::telemetry::request_took(started.elapsed());
             match result {
                 Ok(_) => {
                     self.backlog.lock().expect("backlog lock").pop_sent(seq);
-                    metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_SENT_TOTAL)
-                        .increment(batch.len() as u64);
-                    metrics::counter!(crate::telemetry::CLOUDWATCH_REQUESTS_TOTAL, "result" => "ok")
-                        .increment(1);
-                    crate::health::mark_success();
-                    tracing::debug!(datums = batch.len(), "PutMetricData sent");
+                    crate::telemetry::request_accepted(batch.len());
                     retry.succeeded();
                 }
                 Err(e) => {
                     let class = classify(&e);
                     let message = describe(&e);
-                    metrics::counter!(crate::telemetry::CLOUDWATCH_ERRORS_TOTAL, "class" => class.as_str())
-                        .increment(1);
+                    crate::telemetry::request_failed(class.as_str());
                     let delay = match retry.failed(class) {
                         Verdict::RetryAfter(delay) => delay,
                         Verdict::GiveUp if class == ErrorClass::AccessDenied => {
@@ -353,22 +346,17 @@ impl Publisher {
                             let mut backlog = self.backlog.lock().expect("backlog lock");
                             if backlog.split(seq) {
                                 drop(backlog);
-                                metrics::counter!(crate::telemetry::CLOUDWATCH_BATCHES_SPLIT_TOTAL)
-                                    .increment(1);
-                                tracing::warn!(datums = batch.len(), error = %message, "CloudWatch rejected a request; splitting it to find the datum it rejects");
+                                crate::telemetry::request_split(batch.len(), &message);
                                 continue;
                             }
                             backlog.pop_sent(seq);
                             drop(backlog);
-                            metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "rejected")
-                                .increment(batch.len() as u64);
                             let first = batch.first();
-                            tracing::error!(
-                                datums = batch.len(),
-                                metric = first.map(|d| &*d.name),
-                                dimensions = ?first.map(|d| &d.dimensions),
-                                error = %message,
-                                "CloudWatch rejected a datum; dropped it"
+                            crate::telemetry::datums_rejected(
+                                batch.len(),
+                                first.map(|d| &*d.name),
+                                &first.map(|d| &d.dimensions),
+                                &message,
                             );
                             continue;
                         }

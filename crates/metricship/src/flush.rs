@@ -13,7 +13,7 @@ use crate::cloudwatch::{BatchKind, batches};
 use crate::datum::{Datum, DatumValue, Unit};
 use crate::pipeline::{Output, Shared};
 use crate::signal::Input;
-use crate::{emf, rules};
+use crate::{emf, rules, telemetry};
 
 pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
     let period = shared.config.flush_interval;
@@ -31,8 +31,7 @@ pub(crate) async fn flush_loop(shared: Arc<Shared>, shutdown: Shutdown) {
         {
             // A panic in one flush is a bug; the next interval starts afresh (the
             // aggregator's lock is taken poison-tolerantly), and it is counted and logged.
-            metrics::counter!(crate::telemetry::FLUSH_FAILURES_TOTAL).increment(1);
-            tracing::error!(error = %e, "flushing an interval failed; its datums are lost");
+            telemetry::flush_failed(&e);
         }
     }
 }
@@ -61,8 +60,7 @@ pub(crate) fn flush_once(shared: &Shared, now: Instant) {
             continue;
         }
         let Some(value) = value else {
-            metrics::counter!(crate::telemetry::SIGNAL_WITHHELD_TOTAL, "metric" => name)
-                .increment(1);
+            telemetry::signal_withheld(name);
             continue;
         };
         signal_datums.push(Datum {
@@ -98,16 +96,16 @@ pub(crate) fn flush_once(shared: &Shared, now: Instant) {
     let series = checked(series);
     report_invalid(&invalid);
     let count = signal_datums.len() + series.len();
-    tracing::info!(
-        datums = count,
-        invalid = invalid.len(),
-        live_series = live,
-        queue_depth = signal.queue_depth,
-        task_demand = signal.task_demand,
-        desired_workers = signal.desired_workers,
-        "flushed interval"
+    telemetry::interval_flushed(
+        count,
+        invalid.len(),
+        live,
+        [
+            signal.queue_depth,
+            signal.task_demand,
+            signal.desired_workers,
+        ],
     );
-    metrics::counter!(crate::telemetry::FLUSHES_TOTAL).increment(1);
     match &shared.output {
         Output::CloudWatch(_) => {
             if count == 0 {
@@ -124,13 +122,7 @@ pub(crate) fn flush_once(shared: &Shared, now: Instant) {
                 dropped += backlog.push(b, BatchKind::Series);
             }
             if dropped > 0 {
-                metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "backlog_full")
-                    .increment(dropped);
-                tracing::warn!(
-                    dropped,
-                    backlog = backlog.datums(),
-                    "CloudWatch backlog full: dropped the oldest datums"
-                );
+                telemetry::backlog_overflowed(dropped, backlog.datums());
             }
             drop(backlog);
             shared.wake.notify_one();
@@ -142,14 +134,8 @@ pub(crate) fn flush_once(shared: &Shared, now: Instant) {
                 &mut std::io::stdout().lock(),
             );
             match written {
-                Ok(lines) => {
-                    metrics::counter!(crate::telemetry::EMF_LINES_TOTAL).increment(lines);
-                    crate::health::mark_success();
-                }
-                Err(e) => {
-                    metrics::counter!(crate::telemetry::EMF_WRITE_ERRORS_TOTAL).increment(1);
-                    tracing::error!(error = %e, datums = count, "cannot write EMF lines to stdout; this interval's datums are lost");
-                }
+                Ok(lines) => telemetry::emf_written(lines),
+                Err(e) => telemetry::emf_write_failed(&e, count),
             }
         }
         Output::None => {}
@@ -176,20 +162,12 @@ pub(crate) fn report_invalid(invalid: &[(rules::DropReason, Arc<str>)]) {
     if invalid.is_empty() {
         return;
     }
-    let mut by_reason: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
+    let mut by_reason: std::collections::BTreeMap<&'static str, (u64, &str)> = Default::default();
     for (reason, name) in invalid {
         let e = by_reason.entry(reason.as_str()).or_insert((0, name));
         e.0 += 1;
     }
-    for (reason, (n, _)) in &by_reason {
-        metrics::counter!(crate::telemetry::DATUMS_INVALID_TOTAL, "reason" => *reason)
-            .increment(*n);
-    }
-    tracing::warn!(
-        dropped = invalid.len(),
-        reasons = ?by_reason,
-        "datums that CloudWatch would reject were not sent (reason: (count, an example metric))"
-    );
+    telemetry::datums_invalid(invalid.len(), &by_reason);
 }
 
 /// Exports which signal inputs are missing, and logs each change once.
@@ -199,8 +177,7 @@ pub(crate) fn report_missing_inputs(shared: &Shared, missing: &[Input]) {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     for input in Input::ALL {
-        metrics::gauge!(crate::telemetry::SIGNAL_INPUT_MISSING, "input" => input.as_str())
-            .set(if missing.contains(&input) { 1.0 } else { 0.0 });
+        telemetry::signal_input_missing(input.as_str(), missing.contains(&input));
     }
     if last.as_slice() == missing {
         return;

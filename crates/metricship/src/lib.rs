@@ -414,9 +414,7 @@ impl Running {
                 Ok(Err(e)) => tracing::error!(error = %e, "publisher task failed"),
                 Err(timeout) => {
                     let left = self.shared.backlog.lock().expect("backlog").datums();
-                    metrics::counter!(crate::telemetry::CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "shutdown")
-                        .increment(left as u64);
-                    tracing::error!(datums_lost = left, %timeout, "backlog not drained before the drain timeout");
+                    telemetry::backlog_lost_at_shutdown(left, &timeout);
                 }
             }
         }

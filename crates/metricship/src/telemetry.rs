@@ -1,6 +1,12 @@
-//! Every name metricship exports on `/metrics` for its own health and its signal, in
-//! one place: the crate README's metrics table lists exactly [`ALL`] (checked by the
-//! contract test below). The StatsD series it relays are named by their senders.
+//! metricship's telemetry, in one place: every name it exports on `/metrics` for its own
+//! health and its signal (the crate README's metrics table lists exactly [`ALL`], checked
+//! by the contract test below; the StatsD series it relays are named by their senders)
+//! and one function per notable event, which logs it and counts it, as vector's
+//! `internal_events` do. No other module calls `metrics::` (the contract test checks).
+//! The signal's own gauges are written by `prometheus.rs` into the exposition directly.
+
+use std::fmt::Display;
+use std::time::Duration;
 
 /// Counter: UDP datagrams received.
 pub const PACKETS_RECEIVED_TOTAL: &str = "metricship_packets_received_total";
@@ -111,6 +117,232 @@ pub const ALL: &[&str] = &[
     EMF_LINES_TOTAL,
     EMF_WRITE_ERRORS_TOTAL,
 ];
+
+// --- the flush loop ----------------------------------------------------------------------
+
+/// An interval was flushed: its summary line and count.
+pub fn interval_flushed(
+    datums: usize,
+    invalid: usize,
+    live_series: usize,
+    signal: [Option<f64>; 3],
+) {
+    let [queue_depth, task_demand, desired_workers] = signal;
+    tracing::info!(
+        datums,
+        invalid,
+        live_series,
+        queue_depth,
+        task_demand,
+        desired_workers,
+        "flushed interval"
+    );
+    metrics::counter!(FLUSHES_TOTAL).increment(1);
+}
+
+/// Flushing an interval panicked (a bug): its datums are lost, the next starts afresh.
+pub fn flush_failed(error: &dyn Display) {
+    metrics::counter!(FLUSH_FAILURES_TOTAL).increment(1);
+    tracing::error!(error = %error, "flushing an interval failed; its datums are lost");
+}
+
+/// A signal metric was withheld this interval: an input it needs is stale.
+pub fn signal_withheld(metric: &'static str) {
+    metrics::counter!(SIGNAL_WITHHELD_TOTAL, "metric" => metric).increment(1);
+}
+
+/// Whether each signal input is missing now (1) or fresh (0).
+pub fn signal_input_missing(input: &'static str, missing: bool) {
+    metrics::gauge!(SIGNAL_INPUT_MISSING, "input" => input).set(if missing { 1.0 } else { 0.0 });
+}
+
+/// Datums that break a documented CloudWatch rule were dropped before sending:
+/// `by_reason` maps each reason to (count, an example metric); logged once per interval.
+pub fn datums_invalid(
+    total: usize,
+    by_reason: &std::collections::BTreeMap<&'static str, (u64, &str)>,
+) {
+    for (reason, (n, _)) in by_reason {
+        metrics::counter!(DATUMS_INVALID_TOTAL, "reason" => *reason).increment(*n);
+    }
+    tracing::warn!(
+        dropped = total,
+        reasons = ?by_reason,
+        "datums that CloudWatch would reject were not sent (reason: (count, an example metric))"
+    );
+}
+
+/// Zeroes for each reason, so that a rate() over them exists before the first drop.
+pub fn datums_invalid_reasons(reasons: impl IntoIterator<Item = &'static str>) {
+    for reason in reasons {
+        metrics::counter!(DATUMS_INVALID_TOTAL, "reason" => reason).increment(0);
+    }
+}
+
+/// The CloudWatch backlog was full: the oldest datums were dropped.
+pub fn backlog_overflowed(dropped: u64, backlog: usize) {
+    metrics::counter!(CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "backlog_full")
+        .increment(dropped);
+    tracing::warn!(
+        dropped,
+        backlog,
+        "CloudWatch backlog full: dropped the oldest datums"
+    );
+}
+
+/// An interval's EMF lines were written to stdout.
+pub fn emf_written(lines: u64) {
+    metrics::counter!(EMF_LINES_TOTAL).increment(lines);
+    output_succeeded();
+}
+
+/// Writing an interval's EMF lines failed: its datums are lost.
+pub fn emf_write_failed(error: &dyn Display, datums: usize) {
+    metrics::counter!(EMF_WRITE_ERRORS_TOTAL).increment(1);
+    tracing::error!(error = %error, datums, "cannot write EMF lines to stdout; this interval's datums are lost");
+}
+
+/// An output took an interval: the last-success gauge every daemon has.
+fn output_succeeded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!(LAST_SUCCESS_TIMESTAMP_SECONDS).set(now.as_secs_f64());
+}
+
+// --- the CloudWatch publisher ------------------------------------------------------------
+
+/// A PutMetricData call returned (either way) after `took`.
+pub fn request_took(took: Duration) {
+    metrics::histogram!(CLOUDWATCH_REQUEST_SECONDS).record(took.as_secs_f64());
+}
+
+/// CloudWatch accepted a request of `datums` datums.
+pub fn request_accepted(datums: usize) {
+    metrics::counter!(CLOUDWATCH_DATUMS_SENT_TOTAL).increment(datums as u64);
+    metrics::counter!(CLOUDWATCH_REQUESTS_TOTAL, "result" => "ok").increment(1);
+    output_succeeded();
+    tracing::debug!(datums, "PutMetricData sent");
+}
+
+/// A PutMetricData call failed with an error of `class`.
+pub fn request_failed(class: &'static str) {
+    metrics::counter!(CLOUDWATCH_ERRORS_TOTAL, "class" => class).increment(1);
+}
+
+/// CloudWatch rejected a request for a rule metricship does not know: it is halved to
+/// find the datum.
+pub fn request_split(datums: usize, error: &str) {
+    metrics::counter!(CLOUDWATCH_BATCHES_SPLIT_TOTAL).increment(1);
+    tracing::warn!(datums, error = %error, "CloudWatch rejected a request; splitting it to find the datum it rejects");
+}
+
+/// CloudWatch rejected a request of one datum (or of datums that cannot be split): dropped.
+pub fn datums_rejected(
+    datums: usize,
+    metric: Option<&str>,
+    dimensions: &dyn std::fmt::Debug,
+    error: &str,
+) {
+    metrics::counter!(CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "rejected")
+        .increment(datums as u64);
+    tracing::error!(
+        datums,
+        metric,
+        dimensions = ?dimensions,
+        error = %error,
+        "CloudWatch rejected a datum; dropped it"
+    );
+}
+
+/// The drain timeout ended with datums still in the backlog: they are lost.
+pub fn backlog_lost_at_shutdown(datums: usize, timeout: &dyn Display) {
+    metrics::counter!(CLOUDWATCH_DATUMS_DROPPED_TOTAL, "reason" => "shutdown")
+        .increment(datums as u64);
+    tracing::error!(datums_lost = datums, %timeout, "backlog not drained before the drain timeout");
+}
+
+// --- health, once a second ---------------------------------------------------------------
+
+/// metricship's own state, copied into the registry once a second (`health.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Health {
+    /// Datagrams received.
+    pub packets: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Datagrams cut by the receive buffer.
+    pub truncated: u64,
+    /// Socket read errors.
+    pub receive_errors: u64,
+    /// Datagrams the kernel dropped, when `/proc/net/udp` is readable.
+    pub kernel_drops: Option<u64>,
+    /// Lines parsed.
+    pub lines: u64,
+    /// Lines that are not StatsD.
+    pub malformed: u64,
+    /// Lines dropped by a mapping rule.
+    pub dropped_mapping: u64,
+    /// Lines dropped as ambiguous.
+    pub dropped_ambiguous: u64,
+    /// Lines dropped for a type conflict.
+    pub dropped_type_conflict: u64,
+    /// Lines dropped by the series cap.
+    pub dropped_series_cap: u64,
+    /// Lines dropped by the memory budget.
+    pub dropped_memory_budget: u64,
+    /// New series refused by the series cap.
+    pub series_dropped: u64,
+    /// Series expired after going quiet.
+    pub series_expired: u64,
+    /// New series refused by the memory budget.
+    pub series_refused_budget: u64,
+    /// Set members refused by the memory budget.
+    pub set_members_refused: u64,
+    /// Times the name cache was emptied.
+    pub cache_clears: u64,
+    /// Live series.
+    pub live_series: usize,
+    /// Estimated bytes of the name cache, the series and the sets.
+    pub state_bytes: [usize; 3],
+    /// The memory budget.
+    pub state_bytes_limit: usize,
+    /// Datums in the CloudWatch backlog.
+    pub backlog_datums: usize,
+}
+
+/// Copies a [`Health`] snapshot into the registry.
+pub fn health(h: &Health) {
+    metrics::counter!(PACKETS_RECEIVED_TOTAL).absolute(h.packets);
+    metrics::counter!(BYTES_RECEIVED_TOTAL).absolute(h.bytes);
+    metrics::counter!(PACKETS_TRUNCATED_TOTAL).absolute(h.truncated);
+    metrics::counter!(RECEIVE_ERRORS_TOTAL).absolute(h.receive_errors);
+    if let Some(d) = h.kernel_drops {
+        metrics::counter!(KERNEL_RECEIVE_DROPS_TOTAL).absolute(d);
+    }
+    metrics::counter!(LINES_PARSED_TOTAL).absolute(h.lines);
+    metrics::counter!(LINES_MALFORMED_TOTAL).absolute(h.malformed);
+    for (reason, n) in [
+        ("mapping", h.dropped_mapping),
+        ("ambiguous", h.dropped_ambiguous),
+        ("type_conflict", h.dropped_type_conflict),
+        ("series_cap", h.dropped_series_cap),
+        ("memory_budget", h.dropped_memory_budget),
+    ] {
+        metrics::counter!(LINES_DROPPED_TOTAL, "reason" => reason).absolute(n);
+    }
+    metrics::counter!(SERIES_DROPPED_TOTAL).absolute(h.series_dropped);
+    metrics::counter!(SERIES_EXPIRED_TOTAL).absolute(h.series_expired);
+    metrics::counter!(SERIES_REFUSED_BUDGET_TOTAL).absolute(h.series_refused_budget);
+    metrics::counter!(SET_MEMBERS_REFUSED_TOTAL).absolute(h.set_members_refused);
+    metrics::counter!(NAME_CACHE_CLEARS_TOTAL).absolute(h.cache_clears);
+    for (part, n) in ["cache", "series", "sets"].into_iter().zip(h.state_bytes) {
+        metrics::gauge!(STATE_BYTES, "part" => part).set(n as f64);
+    }
+    metrics::gauge!(STATE_BYTES_LIMIT).set(h.state_bytes_limit as f64);
+    metrics::gauge!(LIVE_SERIES).set(h.live_series as f64);
+    metrics::gauge!(CLOUDWATCH_BACKLOG_DATUMS).set(h.backlog_datums as f64);
+}
 
 #[cfg(test)]
 mod tests {

@@ -60,12 +60,7 @@ impl DirectPath {
 
     /// Counts a failed direct attempt (it is repeated through the SDK).
     fn failed(&self, key: &str, why: &str) {
-        metrics::counter!(crate::telemetry::DIRECT_FALLBACKS).increment(1);
-        tracing::debug!(
-            key,
-            reason = why,
-            "direct GetObject failed; repeating it through the SDK"
-        );
+        crate::telemetry::direct_get_fell_back(key, why);
         let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
         breaker.failures += 1;
         if breaker.failures >= DIRECT_TRIP_AFTER {

@@ -223,16 +223,7 @@ impl FirehoseOutput {
         let bytes = std::mem::take(&mut batch.bytes);
         if !records.is_empty() {
             self.put_batch(&chunks, records, retrier).await?;
-            metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => self.name.clone())
-                .increment(lines);
-            metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => self.name.clone())
-                .increment(bytes as u64);
-            metrics::counter!(crate::telemetry::BATCHES_TOTAL, "output" => self.name.clone())
-                .increment(1);
-            metrics::gauge!(crate::telemetry::LAST_BATCH_RECORDS, "output" => self.name.clone())
-                .set(lines as f64);
-            metrics::gauge!(crate::telemetry::LAST_BATCH_BYTES, "output" => self.name.clone())
-                .set(bytes as f64);
+            crate::telemetry::batch_delivered(&self.name, lines, bytes as u64);
         }
         for (file, end) in batch.acks.drain(..) {
             self.acker.ack(file, end);
@@ -302,9 +293,7 @@ impl FirehoseOutput {
                             Some(range)
                         })
                         .collect();
-                    metrics::counter!(crate::telemetry::RECORDS_FAILED_TOTAL, "output" => self.name.clone())
-                        .increment(failed.len() as u64);
-                    tracing::warn!(output = %self.name, failed = failed.len(), error = %first_error, "partial batch failure; re-sending only the failed records");
+                    crate::telemetry::records_failed(&self.name, failed.len(), &first_error);
                     pending = failed;
                     if pending.is_empty() {
                         // FailedPutCount disagreed with the answers: nothing left to send.

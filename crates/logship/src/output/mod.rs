@@ -100,11 +100,7 @@ impl Retrier {
     /// After a call the destination accepted.
     pub(crate) fn succeeded(&mut self) {
         self.retry.succeeded();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        metrics::gauge!(crate::telemetry::LAST_SUCCESS_TIMESTAMP_SECONDS, "output" => self.name.clone())
-            .set(now.as_secs_f64());
+        crate::telemetry::delivery_succeeded(&self.name);
     }
 
     /// After a failed call: waits, or gives up with an error.
@@ -113,11 +109,10 @@ impl Retrier {
         class: ErrorClass,
         message: String,
     ) -> Result<(), OutputError> {
-        metrics::counter!(crate::telemetry::ERRORS_TOTAL, "output" => self.name.clone(), "class" => class.as_str())
-            .increment(1);
         let delay = match self.retry.failed(class) {
             Verdict::RetryAfter(delay) => delay,
             Verdict::GiveUp => {
+                crate::telemetry::delivery_failed(&self.name, class, &message, None);
                 return Err(OutputError {
                     output: self.name.clone(),
                     class,
@@ -125,13 +120,7 @@ impl Retrier {
                 });
             }
         };
-        metrics::counter!(crate::telemetry::RETRIES_TOTAL, "output" => self.name.clone())
-            .increment(1);
-        if class == ErrorClass::Throttled {
-            metrics::counter!(crate::telemetry::THROTTLES_TOTAL, "output" => self.name.clone())
-                .increment(1);
-        }
-        tracing::warn!(output = %self.name, class = class.as_str(), error = %message, retry_in = ?delay, "delivery failed; retrying");
+        crate::telemetry::delivery_failed(&self.name, class, &message, Some(delay));
         tokio::time::sleep(delay).await;
         Ok(())
     }

@@ -304,14 +304,11 @@ impl S3Output {
                 .map(|(k, _)| k.clone())
                 .expect("more than one group");
             let g = groups.remove(&oldest).expect("key from map");
-            metrics::counter!(crate::telemetry::S3_EARLY_ROLLS_TOTAL, "output" => self.name.clone())
-                .increment(1);
-            tracing::debug!(key = %g.key, buffered = total, "rolling the oldest object early to bound memory");
+            crate::telemetry::object_rolled_early(&self.name, &g.key, total);
             self.close(g, retrier).await?;
             total = held(groups);
         }
-        metrics::gauge!(crate::telemetry::S3_BUFFERED_BYTES, "output" => self.name.clone())
-            .set(total as f64);
+        crate::telemetry::s3_buffered(&self.name, total);
         Ok(())
     }
 
@@ -424,17 +421,7 @@ impl S3Output {
             }
         }
         retrier.succeeded();
-        tracing::info!(output = %self.name, key = %g.key, records = g.records, bytes = g.raw, compressed = g.compressed, "object written");
-        metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => self.name.clone())
-            .increment(g.records);
-        metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => self.name.clone())
-            .increment(g.raw);
-        metrics::counter!(crate::telemetry::BATCHES_TOTAL, "output" => self.name.clone())
-            .increment(1);
-        metrics::gauge!(crate::telemetry::LAST_BATCH_RECORDS, "output" => self.name.clone())
-            .set(g.records as f64);
-        metrics::gauge!(crate::telemetry::LAST_BATCH_BYTES, "output" => self.name.clone())
-            .set(g.raw as f64);
+        crate::telemetry::object_written(&self.name, &g.key, g.records, g.raw, g.compressed);
         for (file, end) in g.acks {
             self.acker.ack(file, end);
         }

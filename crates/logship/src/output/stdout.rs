@@ -34,10 +34,11 @@ impl StdoutOutput {
                     message: format!("cannot write to stdout: {e}"),
                 });
             }
-            metrics::counter!(crate::telemetry::RECORDS_SENT_TOTAL, "output" => "stdout")
-                .increment(chunk.ends.len() as u64);
-            metrics::counter!(crate::telemetry::BYTES_SENT_TOTAL, "output" => "stdout")
-                .increment(chunk.data.len() as u64);
+            crate::telemetry::records_delivered(
+                "stdout",
+                chunk.ends.len() as u64,
+                chunk.data.len() as u64,
+            );
             self.acker.ack(chunk.file, chunk.end);
         }
         Ok(())

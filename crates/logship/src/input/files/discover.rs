@@ -35,22 +35,16 @@ impl Unreadable {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (path, why) in &now {
             if !map.contains_key(path) {
-                metrics::counter!(crate::telemetry::FILES_UNREADABLE_TOTAL).increment(1);
-                tracing::warn!(
-                    path = %path,
-                    error = %why,
-                    uid = nix_uid(),
-                    "cannot read a log file or folder: nothing in it is shipped until it can be read (logship's user needs read permission on files and read+execute on folders; Airflow's default umask and uid 50000 leave them unreadable to other users)"
-                );
+                crate::telemetry::path_unreadable(path, why, nix_uid());
             }
         }
         for path in map.keys() {
             if !now.contains_key(path) {
-                tracing::info!(path = %path, "readable again (or gone)");
+                crate::telemetry::path_readable_again(path);
             }
         }
         *map = now;
-        metrics::gauge!(crate::telemetry::FILES_UNREADABLE).set(map.len() as f64);
+        crate::telemetry::paths_unreadable(map.len());
     }
 }
 
@@ -102,7 +96,7 @@ impl Tailer {
                     // Our own reads show up as access events: ignore them.
                     EventKind::Access(_) => return,
                 };
-                metrics::counter!(crate::telemetry::WATCH_EVENTS_TOTAL).increment(1);
+                crate::telemetry::watch_event();
                 // A full queue only means a wake-up is already pending.
                 let _ = tx.try_send(structural);
             };
@@ -172,7 +166,7 @@ impl Tailer {
             }
         }
         self.deferred.retain(|k, _| seen.contains(k));
-        metrics::gauge!(crate::telemetry::FILES_FOLLOWED).set(self.streams.len() as f64);
+        crate::telemetry::files_followed(self.streams.len());
     }
 
     pub(super) fn found(&mut self, path: PathBuf, md: &std::fs::Metadata, why: &'static str) {
@@ -237,7 +231,7 @@ impl Tailer {
             if same {
                 let (fp, fp_len) = (e.fp, e.fp_len);
                 let meta = Arc::new(FileMeta::new(&e.path, e.id, self.ecs.as_ref()));
-                tracing::info!(path = %path_text, offset = e.offset, "resuming from checkpoint");
+                crate::telemetry::file_resumed(&path_text, e.offset, why);
                 self.follow(
                     e.id,
                     key,
@@ -249,8 +243,6 @@ impl Tailer {
                     file,
                     e.offset,
                 );
-                metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why)
-                    .increment(1);
                 return;
             }
             // The inode was reused for a new file.
@@ -264,7 +256,7 @@ impl Tailer {
             .map(|(id, _)| *id);
         if let Some(id) = adopt {
             let r = self.retired.remove(&id).expect("found above");
-            tracing::info!(path = %path_text, offset = r.resume, "continuing a truncated file in its copy");
+            crate::telemetry::file_copy_continued(&path_text, r.resume, why);
             self.follow(
                 id,
                 key,
@@ -276,7 +268,6 @@ impl Tailer {
                 file,
                 r.resume,
             );
-            metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why).increment(1);
             return;
         }
         // 3. Same first line as a followed file: perhaps a copy about to become the
@@ -296,9 +287,8 @@ impl Tailer {
         let generation = self.generations.get(&key).copied().unwrap_or(0);
         let id = stream_id(key.0, key.1, fp, generation);
         let meta = Arc::new(FileMeta::new(&path_text, id, self.ecs.as_ref()));
-        tracing::info!(path = %path_text, id = %meta.id_hex, "following new file");
+        crate::telemetry::file_followed(&path_text, &meta.id_hex, why);
         self.follow(id, key, fp, fp_len, generation, path, meta, file, 0);
-        metrics::counter!(crate::telemetry::FILES_DISCOVERED_TOTAL, "via" => why).increment(1);
     }
 
     #[allow(clippy::too_many_arguments)]

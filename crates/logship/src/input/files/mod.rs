@@ -465,8 +465,7 @@ impl Tailer {
             if let Some(c) = chunk {
                 self.send(c).await?;
             }
-            tracing::info!(path = %st.path.display(), "file rotated away or deleted and read to its end");
-            metrics::counter!(crate::telemetry::ROTATIONS_TOTAL, "kind" => "rename").increment(1);
+            crate::telemetry::file_rotated(&st.path);
             self.ledger.finish(id, st.line_start);
         }
         let expired: Vec<u64> = self
@@ -487,13 +486,12 @@ impl Tailer {
                 Some(size.saturating_sub(self.ledger.committed(st.id).unwrap_or(0)))
             })
             .sum();
-        metrics::gauge!(crate::telemetry::BYTES_BEHIND).set(behind as f64);
-        metrics::gauge!(crate::telemetry::FILES_FOLLOWED).set(self.streams.len() as f64);
+        crate::telemetry::files_state(self.streams.len(), behind);
         Ok(())
     }
 
     async fn send(&self, chunk: Chunk) -> Result<(), TailError> {
-        metrics::counter!(crate::telemetry::RECORDS_READ_TOTAL).increment(chunk.ends.len() as u64);
+        crate::telemetry::records_read(chunk.ends.len());
         let chunk = Arc::new(chunk);
         for tx in &self.outputs {
             tx.send(chunk.clone())

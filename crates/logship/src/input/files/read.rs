@@ -135,7 +135,7 @@ impl Tailer {
                 Read::Nothing => {}
                 Read::Data(chunk, n) => {
                     moved |= n > 0;
-                    metrics::counter!(crate::telemetry::BYTES_READ_TOTAL).increment(n as u64);
+                    crate::telemetry::bytes_read(n);
                     if let Some(c) = chunk {
                         self.send(c).await?;
                     }
@@ -161,8 +161,7 @@ impl Tailer {
         if let Some(c) = chunk {
             self.send(c).await?;
         }
-        tracing::info!(path = %st.path.display(), at = st.line_start, "file truncated (copytruncate); reading it again from the start");
-        metrics::counter!(crate::telemetry::ROTATIONS_TOTAL, "kind" => "truncate").increment(1);
+        crate::telemetry::file_truncated(&st.path, st.line_start);
         self.generations
             .insert((st.dev, st.ino), st.generation.saturating_add(1));
         self.ledger.retire(id);
