@@ -229,14 +229,14 @@ fn runtime(shape: Runtime) -> Result<tokio::runtime::Runtime, ExitCode> {
 /// daemon's own flags (`$args`, a `clap::Args` struct) and the logging flags, all
 /// reading `<PREFIX>_*` environment variables. The shared flags are named alike in every
 /// daemon: `--admin-addr`, `--drain-timeout` (alias `--shutdown-timeout`),
-/// `--healthcheck --timeout`, `--log-format`, `--log-level`.
+/// `healthcheck --timeout`, `--log-format`, `--log-level`.
 ///
 /// ```
 /// #[derive(Debug, clap::Args)]
-/// struct RunArgs {
+/// pub struct RunArgs {
 ///     /// Admin address and drain bound.
 ///     #[command(flatten)]
-///     lifecycle: Lifecycle,
+///     pub lifecycle: Lifecycle,
 /// }
 /// airside_core::daemon_cli! {
 ///     name: "demo", prefix: "AIRSIDE_DOCTEST", about: "A demo daemon.",
