@@ -2,12 +2,13 @@
 //! flooded by a hostile sender. A test binary of its own, so that the flood does not
 //! starve the timing-sensitive tests beside it (cargo runs test binaries one at a time).
 
+#[path = "it/common.rs"]
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
-use common::*;
 
 /// What the scheduler task definition gives metricship (128 MiB), enforced by a memory
 /// cgroup around the static binary the image ships, while a hostile sender floods it with
@@ -27,8 +28,9 @@ async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit
     let mut cmd = daemon_command(
         &airside_testkit::dist_binary("metricship"),
         &proxy.endpoint(),
+        &unique_name("Airflow"),
         &run,
-        "5s",
+        &["--freshness-window", "5s"],
     );
     let mut daemon = cap.spawn_daemon("metricship", &mut cmd);
     let (statsd, admin) = (logged_statsd_addr(daemon.log_path()), daemon.admin_addr());

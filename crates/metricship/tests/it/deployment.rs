@@ -2,14 +2,12 @@
 //! moto): poisoned StatsD cannot cost the autoscaling signal, and a partly silent
 //! scheduler withholds what cannot be computed instead of reading it as zero.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use airside_testkit::{AcceptedDatum, FaultPlan, FaultProxy, moto, unique_name};
-use common::*;
 
 const SIGNAL: [&str; 4] = [
     "QueueDepth",
@@ -28,39 +26,11 @@ fn by_interval(datums: &[AcceptedDatum]) -> BTreeMap<u64, BTreeSet<String>> {
     out
 }
 
-/// The metricship binary, as its own process: its `/metrics` are its own (the tests of
-/// this file run side by side, and an in-process daemon shares one metrics registry).
-struct Process {
-    logged: Logged,
-}
-
-impl Process {
-    /// SIGTERM, then requires a clean exit (the drain sends what is queued).
-    async fn stop(mut self) {
-        self.logged.child.sigterm();
-        let status = self
-            .logged
-            .child
-            .wait_exit_async(Duration::from_secs(30))
-            .await
-            .expect("metricship stops within 30 s");
-        assert!(status.success(), "{status}");
-    }
-}
-
-async fn start(proxy: &FaultProxy, run: &str) -> (Process, SocketAddr, SocketAddr) {
-    let mut cmd = daemon_command(
-        std::path::Path::new(env!("CARGO_BIN_EXE_metricship")),
-        &proxy.endpoint(),
-        run,
-        "3s",
-    );
-    cmd.args(["--log-level", WARN_BUT_ADDRESSES])
-        .stdout(std::process::Stdio::null());
-    let logged = Logged::spawn(&mut cmd);
-    let (statsd, admin) = (logged.statsd(), logged.admin());
-    wait_ready_at(admin).await;
-    (Process { logged }, statsd, admin)
+async fn start(proxy: &FaultProxy, run: &str) -> (Running, SocketAddr, SocketAddr) {
+    let daemon = Running::start(&proxy.endpoint(), &unique_name("Airflow"), run, &[]).await;
+    let (statsd, admin) = (daemon.statsd, daemon.admin);
+    daemon.wait_ready().await;
+    (daemon, statsd, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

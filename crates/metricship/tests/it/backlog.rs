@@ -1,14 +1,11 @@
 //! The bounded backlog: while CloudWatch is down, a full backlog drops the oldest
-//! batches (and counts them) and keeps the newest. Its own test binary, because the
-//! counters it asserts live in the process-wide metrics registry.
-
-mod common;
+//! batches (and counts them) and keeps the newest.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use airside_testkit::{Fault, FaultPlan, FaultProxy, moto, unique_name};
-use common::*;
+use crate::common::*;
+use airside_testkit::{Fault, FaultPlan, FaultProxy, moto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backlog_drops_the_oldest_and_counts_them() {
@@ -26,14 +23,19 @@ async fn a_full_backlog_drops_the_oldest_and_counts_them() {
             ],
         ),
     );
-    let daemon_cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config_for(&proxy.endpoint()).await);
-    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
-    let ns = unique_name("Airflow");
-    let run = unique_name("run");
-    let mut config = test_config(&ns, &run);
-    config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
-    config.backlog_datums = 3;
-    let daemon = Running::start(config, daemon_cw).await;
+    let (cw, ns, run) = verifier(moto).await;
+    let daemon = Running::start(
+        &proxy.endpoint(),
+        &ns,
+        &run,
+        &[
+            "--cloudwatch-allow",
+            "airflow_executor_open_slots",
+            "--backlog-datums",
+            "3",
+        ],
+    )
+    .await;
     let (statsd, admin) = (daemon.statsd, daemon.admin);
     daemon.wait_ready().await;
     proxy.set_rate(1.0);

@@ -2,26 +2,25 @@
 //! (FaultProxy between metricship and moto), plus a full outage. No flush that fits
 //! in the backlog may be lost.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use airside_testkit::{FaultPlan, FaultProxy, moto, unique_name};
-use common::*;
+use crate::common::*;
+use airside_testkit::{FaultPlan, FaultProxy, moto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_flush_is_lost_through_faults_and_an_outage() {
     let moto = moto();
     let proxy = FaultProxy::start(&moto.endpoint(), FaultPlan::all(0.35));
-    // The daemon's client goes through the proxy; the verifying client goes straight to moto.
-    let daemon_cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config_for(&proxy.endpoint()).await);
-    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
-    let ns = unique_name("Airflow");
-    let run = unique_name("run");
-    let mut config = test_config(&ns, &run);
-    config.cloudwatch_allow = vec!["airflow_executor_open_slots".into()];
-    let daemon = Running::start(config, daemon_cw).await;
+    // The daemon goes through the proxy; the verifying client goes straight to moto.
+    let (cw, ns, run) = verifier(moto).await;
+    let daemon = Running::start(
+        &proxy.endpoint(),
+        &ns,
+        &run,
+        &["--cloudwatch-allow", "airflow_executor_open_slots"],
+    )
+    .await;
     let (statsd, admin) = (daemon.statsd, daemon.admin);
 
     // One distinct gauge value per flush interval: each flush is one identifiable datum.

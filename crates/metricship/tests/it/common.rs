@@ -4,78 +4,73 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, SystemTime};
 
-use airside_core::shutdown::Shutdown;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
-use metricship::ingest::Listen;
-use metricship::{Config, Output};
-use tokio::task::JoinHandle;
 
-/// A config for tests: loopback port 0 everywhere, fast flushes.
-pub fn test_config(namespace: &str, run_id: &str) -> Config {
-    let mut c = Config::defaults();
-    c.statsd_addr = Listen::Udp("127.0.0.1:0".parse().unwrap());
-    c.admin_addr = "127.0.0.1:0".parse().unwrap();
-    c.namespace = namespace.to_string();
-    c.flush_interval = Duration::from_secs(1);
-    c.freshness_window = Duration::from_secs(3);
-    // moto matches dimensions but not namespaces: a per-run dimension keeps tests apart.
-    c.dimensions = vec![("Run".into(), run_id.to_string())];
-    c.drain_timeout = Duration::from_secs(15);
-    c
-}
-
-/// metricship running in this test process, publishing to CloudWatch through `cw`.
+/// metricship running as a child process (the test build of the binary), publishing to
+/// CloudWatch at `endpoint`. A process of its own per test: its `/metrics` counts only
+/// its own work, so tests in this one binary can run side by side.
 pub struct Running {
     /// Where it receives StatsD (UDP).
     pub statsd: SocketAddr,
     /// Its admin server (/readyz, /metrics).
     pub admin: SocketAddr,
-    shutdown: Shutdown,
-    waiter: JoinHandle<Result<(), metricship::Error>>,
+    logged: Logged,
 }
 
 impl Running {
-    /// Starts the daemon with `config` and lets it run on a tokio task.
-    pub async fn start(config: Config, cw: Client) -> Self {
-        let shutdown = Shutdown::new();
-        let daemon = metricship::Running::start(config, Output::CloudWatch(cw), shutdown.clone())
-            .await
-            .unwrap();
-        let statsd = daemon.statsd_udp_addr();
-        let admin = daemon.admin_addr();
-        let waiter = tokio::spawn(daemon.wait());
+    /// Starts `metricship` with 1 s flushes, a 3 s freshness window, the namespace and
+    /// `Run` dimension given, AWS at `endpoint`, and `extra` flags (a flag given in `extra`
+    /// replaces the default one).
+    pub async fn start(endpoint: &str, namespace: &str, run: &str, extra: &[&str]) -> Self {
+        let mut cmd = daemon_command(
+            std::path::Path::new(env!("CARGO_BIN_EXE_metricship")),
+            endpoint,
+            namespace,
+            run,
+            extra,
+        );
+        cmd.args(["--log-level", WARN_BUT_ADDRESSES])
+            .stdout(std::process::Stdio::null());
+        let logged = Logged::spawn(&mut cmd);
+        let (statsd, admin) = (logged.statsd(), logged.admin());
         Self {
             statsd,
             admin,
-            shutdown,
-            waiter,
+            logged,
         }
     }
 
-    /// Waits (10 s at most) for /readyz to answer 200: the socket is bound and CloudWatch
-    /// answered ListMetrics.
+    /// Waits for /readyz to answer 200: the socket is bound and CloudWatch answered
+    /// ListMetrics.
     pub async fn wait_ready(&self) {
-        let admin = self.admin;
-        eventually("readiness", Duration::from_secs(10), || async {
-            let (status, _) = airside_core::healthcheck::get(admin, "/readyz")
-                .await
-                .ok()?;
-            (status == 200).then_some(())
-        })
-        .await;
+        wait_ready_at(self.admin).await;
     }
 
-    /// Cancels the shutdown future and requires the daemon to stop without error within 30 s.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.waiter)
+    /// SIGTERM, and requires the daemon to exit 0 within 30 s.
+    pub async fn stop(mut self) {
+        self.logged.child.sigterm();
+        let status = self
+            .logged
+            .child
+            .wait_exit_async(Duration::from_secs(30))
             .await
-            .expect("daemon stopped in time")
-            .unwrap()
-            .unwrap();
+            .expect("metricship stops within 30 s");
+        assert!(status.success(), "{status}\n{}", self.logged.logs());
     }
+}
+
+/// What a test reads CloudWatch with: a client straight to `moto` (not through any
+/// proxy the daemon is given), a namespace of its own and a `Run` dimension value of its
+/// own (moto matches dimensions but not namespaces).
+pub async fn verifier(moto: &airside_testkit::Moto) -> (Client, String, String) {
+    let cw = Client::new(&moto.sdk_config().await);
+    (
+        cw,
+        airside_testkit::unique_name("Airflow"),
+        airside_testkit::unique_name("run"),
+    )
 }
 
 /// Sends each packet as one UDP datagram.
@@ -226,13 +221,14 @@ pub fn healthy_scheduler() -> Vec<String> {
 
 /// A metricship command for a separate process: `binary` (the test build or the static
 /// one), its StatsD and admin on port 0 (read back from its log, [`Logged`] or
-/// `CappedDaemon`), 1 s flushes, `freshness`, the per-run `Run` dimension, JSON logs, AWS
-/// through `endpoint` (a strict-AWS proxy).
+/// `CappedDaemon`), JSON logs, the per-run `Run` dimension, AWS through `endpoint`, 1 s
+/// flushes and a 3 s freshness window unless `extra` sets them; `extra` is appended.
 pub fn daemon_command(
     binary: &std::path::Path,
     endpoint: &str,
+    namespace: &str,
     run: &str,
-    freshness: &str,
+    extra: &[&str],
 ) -> std::process::Command {
     let mut cmd = std::process::Command::new(binary);
     cmd.args([
@@ -241,17 +237,19 @@ pub fn daemon_command(
         "--admin-addr",
         "127.0.0.1:0",
         "--namespace",
-        &airside_testkit::unique_name("Airflow"),
-        "--flush-interval",
-        "1s",
-        "--freshness-window",
-        freshness,
+        namespace,
         "--dimension",
         &format!("Run={run}"),
         "--log-format",
         "json",
-    ])
-    .envs(airside_testkit::Moto::env_for(endpoint));
+    ]);
+    for (flag, default) in [("--flush-interval", "1s"), ("--freshness-window", "3s")] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    cmd.args(extra)
+        .envs(airside_testkit::Moto::env_for(endpoint));
     cmd
 }
 

@@ -1,12 +1,10 @@
 //! An Airflow-shaped StatsD stream over real UDP into metricship, read back from the
 //! emulator's CloudWatch with GetMetricData (and from /metrics).
 
-mod common;
-
 use std::time::Duration;
 
-use airside_testkit::{moto, unique_name};
-use common::*;
+use crate::common::*;
+use airside_testkit::moto;
 
 /// What the Airflow 3 scheduler sends (legacy names on, plain StatsD): the pool pair,
 /// both executor name forms, timers, counters with sample rates, and noise.
@@ -49,22 +47,16 @@ fn airflow_stream() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silent() {
-    airside_core::telemetry::init(airside_core::config::LogFormat::Text, "warn");
     let moto = moto();
-    let sdk = moto.sdk_config().await;
-    let cw = aws_sdk_cloudwatch::Client::new(&sdk);
-    let ns = unique_name("Airflow");
-    let run = unique_name("run");
-    let mut config = test_config(&ns, &run);
-    config.cloudwatch_allow = metricship::config::DEFAULT_ALLOWLIST
+    let (cw, ns, run) = verifier(moto).await;
+    let mut allow = Vec::new();
+    for name in metricship::config::DEFAULT_ALLOWLIST
         .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "airflow_task_duration_seconds".to_string(),
-            "airflow_ti_successes".to_string(),
-        ])
-        .collect();
-    let daemon = Running::start(config, cw.clone()).await;
+        .chain(&["airflow_task_duration_seconds", "airflow_ti_successes"])
+    {
+        allow.extend(["--cloudwatch-allow", name]);
+    }
+    let daemon = Running::start(&moto.endpoint(), &ns, &run, &allow).await;
     let (statsd, admin) = (daemon.statsd, daemon.admin);
 
     // Ready once the socket is bound and CloudWatch answered ListMetrics.
@@ -281,14 +273,21 @@ async fn airflow_stream_reaches_cloudwatch_and_the_signal_is_withheld_when_silen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_the_last_interval() {
     let moto = moto();
-    let cw = aws_sdk_cloudwatch::Client::new(&moto.sdk_config().await);
-    let ns = unique_name("Airflow");
-    let run = unique_name("run");
-    let mut config = test_config(&ns, &run);
-    // Far longer than the test: only the shutdown flush can send this interval.
-    config.flush_interval = Duration::from_secs(3600);
-    config.cloudwatch_allow = vec!["airflow_ti_successes".into()];
-    let daemon = Running::start(config, cw.clone()).await;
+    let (cw, ns, run) = verifier(moto).await;
+    // Flushes far apart (longer than the test): only the shutdown flush can send this
+    // interval.
+    let daemon = Running::start(
+        &moto.endpoint(),
+        &ns,
+        &run,
+        &[
+            "--flush-interval",
+            "3600s",
+            "--cloudwatch-allow",
+            "airflow_ti_successes",
+        ],
+    )
+    .await;
     let (statsd, admin) = (daemon.statsd, daemon.admin);
     let lines: Vec<String> = (0..25)
         .map(|_| "airflow.ti_successes:2|c".to_string())

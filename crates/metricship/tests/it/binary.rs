@@ -1,8 +1,6 @@
 //! The real binary: healthcheck, EMF on stdout with a graceful SIGTERM, hostile
 //! senders, configuration errors, and the static binary in an empty root.
 
-mod common;
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -10,11 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use airside_testkit::{
     EmptyRoot, Fault, FaultPlan, FaultProxy, KillOnDrop, Moto, dist_binary, free_addr, moto,
     unique_name,
 };
-use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_metricship");
 
