@@ -9,17 +9,22 @@
 //!   every event is a function of the telemetry module that logs and counts it (as
 //!   vector's `internal_events`), so the code cannot register a name the module (and so
 //!   the README) does not know;
-//! * the shared vocabulary: every daemon has `<daemon>_last_success_timestamp_seconds`
-//!   and an `…errors_total` counter of its failed AWS requests labelled `class`, and a
-//!   `class` label anywhere takes the core's error classes (the README's retry table).
+//! * the shared vocabulary: every daemon has `<daemon>_last_success_timestamp_seconds`,
+//!   an `…errors_total` counter of its failed AWS requests labelled `class` (a `class`
+//!   label anywhere takes the core's error classes, the README's retry table), a
+//!   `…_sent_total` for what it delivered, and every `…_dropped_total` is labelled
+//!   `reason`;
+//! * renames keep the old name for a release: each `(old, new)` of the module's
+//!   `DEPRECATED` is exported, its README row says **deprecated** and names `new`, and
+//!   no other row says deprecated.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Panics with every breach of the contract (see the module documentation) for the
 /// crate at `manifest_dir` whose metrics start with `daemon` and whose telemetry module
-/// lists `all`.
-pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
+/// lists `all`, of which the `(old, new)` pairs of `deprecated` are renames in progress.
+pub fn check(manifest_dir: &str, daemon: &str, all: &[&str], deprecated: &[(&str, &str)]) {
     let dir = Path::new(manifest_dir);
     let mut breaches = Vec::new();
     let prefix = format!("{daemon}_");
@@ -70,6 +75,8 @@ pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
             "the shared vocabulary wants a {prefix}…errors_total counter labelled `class`"
         ));
     }
+
+    breaches.extend(vocabulary(&readme, &prefix, &all, deprecated));
 
     let telemetry_path = dir.join("src/telemetry.rs");
     let telemetry = std::fs::read_to_string(&telemetry_path).expect("src/telemetry.rs");
@@ -139,6 +146,54 @@ pub fn check(manifest_dir: &str, daemon: &str, all: &[&str]) {
         "the metric contract of {daemon} is broken:\n{}",
         breaches.join("\n")
     );
+}
+
+/// The breaches of the `sent` and `dropped` words of the vocabulary and of the
+/// deprecation rule, in the README `readme` of a daemon whose names are `all`.
+fn vocabulary(
+    readme: &str,
+    prefix: &str,
+    all: &BTreeSet<String>,
+    deprecated: &[(&str, &str)],
+) -> Vec<String> {
+    let mut breaches = Vec::new();
+    let old: BTreeSet<&str> = deprecated.iter().map(|(o, _)| *o).collect();
+    let rows: Vec<(String, &str)> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| Some((table_names(l, prefix).into_iter().next()?, l)))
+        .collect();
+    if !all
+        .iter()
+        .any(|n| n.ends_with("_sent_total") && !old.contains(n.as_str()))
+    {
+        breaches.push(format!(
+            "the shared vocabulary wants a {prefix}…_sent_total for what the daemon delivered"
+        ));
+    }
+    for (name, line) in &rows {
+        if name.ends_with("_dropped_total") && !line.contains("reason") {
+            breaches.push(format!("{name}: a …_dropped_total is labelled `reason`"));
+        }
+        let says = line.contains("**deprecated**");
+        match deprecated.iter().find(|(o, _)| o == name) {
+            Some((_, new)) if !says || !line.contains(&format!("`{new}")) => breaches.push(
+                format!("{name}: its row says **deprecated** and names its replacement {new}"),
+            ),
+            None if says => breaches.push(format!(
+                "{name}: the README says deprecated, but telemetry.rs's DEPRECATED lacks it"
+            )),
+            _ => {}
+        }
+    }
+    for (o, new) in deprecated {
+        if !all.contains(*o) || !all.contains(*new) || old.contains(new) {
+            breaches.push(format!(
+                "{o} → {new}: both names are exported (in ALL) and the new one is current"
+            ));
+        }
+    }
+    breaches
 }
 
 /// The metric names (`prefix…`, without labels) in the first cell of every table row.
@@ -218,6 +273,31 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vocabulary_wants_sent_reasons_and_announced_renames() {
+        let all: BTreeSet<String> = ["d_sent_total", "d_old_total", "d_x_dropped_total"]
+            .map(String::from)
+            .into();
+        let good = "| `d_sent_total` | counter |\n\
+                    | `d_old_total` | counter | **deprecated**: `d_sent_total` |\n\
+                    | `d_x_dropped_total` | counter | `reason` = `a` |\n";
+        let rename = [("d_old_total", "d_sent_total")];
+        assert_eq!(vocabulary(good, "d_", &all, &rename), Vec::<String>::new());
+        // A drop without reason, a rename the table does not announce, and one the
+        // module does not know.
+        let bad = "| `d_sent_total` | counter | **deprecated** |\n\
+                   | `d_old_total` | counter | |\n\
+                   | `d_x_dropped_total` | counter | |\n";
+        let found = vocabulary(bad, "d_", &all, &rename);
+        assert_eq!(found.len(), 3, "{found:?}");
+        // With its only sent counter deprecated, a daemon has no sent counter.
+        let found = vocabulary(good, "d_", &all, &[("d_sent_total", "d_old_total")]);
+        assert!(
+            found.iter().any(|b| b.contains("_sent_total for")),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn table_names_reads_first_cells_only_and_drops_labels() {

@@ -13,18 +13,27 @@ use crate::syncer::CycleReport;
 pub const SYNCS: &str = "dagsync_syncs_total";
 /// Cycle duration histogram.
 pub const SYNC_DURATION: &str = "dagsync_sync_duration_seconds";
-/// Objects downloaded, by how (`via`: direct, sdk, copy).
+/// Objects fetched, verified and staged for the DAG folder (what dagsync delivers), by
+/// how (`via`: direct, sdk, copy).
+pub const OBJECTS_SENT: &str = "dagsync_objects_sent_total";
+/// Deprecated name of [`OBJECTS_SENT`], still exported until the release after 0.1.
 pub const OBJECTS_DOWNLOADED: &str = "dagsync_objects_downloaded_total";
 /// Direct GetObject attempts handed to the SDK (an error answer, a dropped
 /// connection, a stalled body).
 pub const DIRECT_FALLBACKS: &str = "dagsync_direct_fallbacks_total";
-/// Bytes downloaded.
+/// Bytes of the objects in [`OBJECTS_SENT`].
+pub const BYTES_SENT: &str = "dagsync_bytes_sent_total";
+/// Deprecated name of [`BYTES_SENT`], still exported until the release after 0.1.
 pub const BYTES_DOWNLOADED: &str = "dagsync_bytes_downloaded_total";
 /// Files deleted.
 pub const FILES_DELETED: &str = "dagsync_files_deleted_total";
 /// Deletions refused by a guard.
 pub const DELETIONS_REFUSED: &str = "dagsync_deletions_refused_total";
-/// Unsafe keys skipped (each distinct key counted once per process).
+/// Objects given up on, by reason (`invalid_key`: a key that cannot be written safely
+/// under the DAG folder, each distinct key counted once per process).
+pub const OBJECTS_DROPPED: &str = "dagsync_objects_dropped_total";
+/// Deprecated name of [`OBJECTS_DROPPED`]`{reason="invalid_key"}`, still exported until
+/// the release after 0.1.
 pub const INVALID_KEYS: &str = "dagsync_invalid_keys_total";
 /// Unix time of the last successful cycle.
 pub const LAST_SUCCESS: &str = "dagsync_last_success_timestamp_seconds";
@@ -45,11 +54,14 @@ pub const ROLE: &str = "dagsync_role";
 pub const ALL: &[&str] = &[
     SYNCS,
     SYNC_DURATION,
+    OBJECTS_SENT,
     OBJECTS_DOWNLOADED,
     DIRECT_FALLBACKS,
+    BYTES_SENT,
     BYTES_DOWNLOADED,
     FILES_DELETED,
     DELETIONS_REFUSED,
+    OBJECTS_DROPPED,
     INVALID_KEYS,
     LAST_SUCCESS,
     FILES_SYNCED,
@@ -57,6 +69,14 @@ pub const ALL: &[&str] = &[
     OBJECT_FAILURES,
     OBJECTS_FAILING,
     ROLE,
+];
+
+/// Names renamed to the shared vocabulary, each with its replacement: both are
+/// exported (with the same values) for one more release, so that dashboards can move.
+pub const DEPRECATED: &[(&str, &str)] = &[
+    (OBJECTS_DOWNLOADED, OBJECTS_SENT),
+    (BYTES_DOWNLOADED, BYTES_SENT),
+    (INVALID_KEYS, OBJECTS_DROPPED),
 ];
 
 /// A direct GetObject attempt failed and is repeated through the SDK.
@@ -73,6 +93,7 @@ pub fn direct_get_fell_back(key: &str, why: &str) {
 /// caller reports each distinct key once per process).
 pub fn key_skipped(key: &str, why: &dyn Display) {
     tracing::warn!(key = %key, reason = %why, "skipping key: it cannot be written safely under --dest");
+    metrics::counter!(OBJECTS_DROPPED, "reason" => "invalid_key").increment(1);
     metrics::counter!(INVALID_KEYS).increment(1);
 }
 
@@ -84,6 +105,8 @@ pub fn deletions_refused(count: usize, reason: &dyn Display) {
 
 /// One object was fetched and verified (`via`: direct, sdk, copy).
 pub fn object_downloaded(via: &'static str, bytes: u64) {
+    metrics::counter!(OBJECTS_SENT, "via" => via).increment(1);
+    metrics::counter!(BYTES_SENT).increment(bytes);
     metrics::counter!(OBJECTS_DOWNLOADED, "via" => via).increment(1);
     metrics::counter!(BYTES_DOWNLOADED).increment(bytes);
 }
@@ -157,6 +180,11 @@ pub fn cycle_failed(error: &dyn Display, class: &'static str, elapsed: Duration)
 mod tests {
     #[test]
     fn the_readme_table_is_the_telemetry_module() {
-        airside_testkit::metric_contract::check(env!("CARGO_MANIFEST_DIR"), "dagsync", super::ALL);
+        airside_testkit::metric_contract::check(
+            env!("CARGO_MANIFEST_DIR"),
+            "dagsync",
+            super::ALL,
+            super::DEPRECATED,
+        );
     }
 }

@@ -246,6 +246,11 @@ pub fn checkpoint_age(age: Duration) {
 mod tests {
     #[test]
     fn the_readme_table_is_the_telemetry_module() {
-        airside_testkit::metric_contract::check(env!("CARGO_MANIFEST_DIR"), "logship", super::ALL);
+        airside_testkit::metric_contract::check(
+            env!("CARGO_MANIFEST_DIR"),
+            "logship",
+            super::ALL,
+            &[],
+        );
     }
 }

@@ -26,11 +26,12 @@ pub const LINES_MALFORMED_TOTAL: &str = "metricship_lines_malformed_total";
 pub const LINES_DROPPED_TOTAL: &str = "metricship_lines_dropped_total";
 /// Gauge: StatsD series held.
 pub const LIVE_SERIES: &str = "metricship_live_series";
-/// Counter: new series refused by the series cap.
+/// Counter: new series refused, by reason (`series_cap`, `memory_budget`).
 pub const SERIES_DROPPED_TOTAL: &str = "metricship_series_dropped_total";
 /// Counter: series dropped after going quiet.
 pub const SERIES_EXPIRED_TOTAL: &str = "metricship_series_expired_total";
-/// Counter: new series refused by the memory budget.
+/// Counter, deprecated name of [`SERIES_DROPPED_TOTAL`]`{reason="memory_budget"}`,
+/// still exported until the release after 0.1.
 pub const SERIES_REFUSED_BUDGET_TOTAL: &str = "metricship_series_refused_budget_total";
 /// Counter: set members refused by the memory budget.
 pub const SET_MEMBERS_REFUSED_TOTAL: &str = "metricship_set_members_refused_total";
@@ -78,6 +79,10 @@ pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "metricship_last_success_timest
 pub const EMF_LINES_TOTAL: &str = "metricship_emf_lines_total";
 /// Counter: EMF lines that could not be written.
 pub const EMF_WRITE_ERRORS_TOTAL: &str = "metricship_emf_write_errors_total";
+
+/// Names renamed to the shared vocabulary, each with its replacement: both are
+/// exported (with the same values) for one more release, so that dashboards can move.
+pub const DEPRECATED: &[(&str, &str)] = &[(SERIES_REFUSED_BUDGET_TOTAL, SERIES_DROPPED_TOTAL)];
 
 /// Every name above, for the contract test.
 pub const ALL: &[&str] = &[
@@ -331,7 +336,9 @@ pub fn health(h: &Health) {
     ] {
         metrics::counter!(LINES_DROPPED_TOTAL, "reason" => reason).absolute(n);
     }
-    metrics::counter!(SERIES_DROPPED_TOTAL).absolute(h.series_dropped);
+    metrics::counter!(SERIES_DROPPED_TOTAL, "reason" => "series_cap").absolute(h.series_dropped);
+    metrics::counter!(SERIES_DROPPED_TOTAL, "reason" => "memory_budget")
+        .absolute(h.series_refused_budget);
     metrics::counter!(SERIES_EXPIRED_TOTAL).absolute(h.series_expired);
     metrics::counter!(SERIES_REFUSED_BUDGET_TOTAL).absolute(h.series_refused_budget);
     metrics::counter!(SET_MEMBERS_REFUSED_TOTAL).absolute(h.set_members_refused);
@@ -352,6 +359,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "metricship",
             super::ALL,
+            super::DEPRECATED,
         );
     }
 }

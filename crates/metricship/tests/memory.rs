@@ -111,8 +111,16 @@ async fn a_flood_of_names_and_set_members_stays_inside_the_task_definition_limit
     let limit = sample(&body, "metricship_state_bytes_limit").unwrap();
     let total = state("cache") + state("series") + state("sets");
     assert!(total <= limit, "state {total} over its limit {limit}");
-    let refused = sample(&body, "metricship_series_refused_budget_total").unwrap_or(0.0)
-        + sample(&body, "metricship_series_dropped_total").unwrap_or(0.0);
+    let refused = sample(
+        &body,
+        "metricship_series_dropped_total{reason=\"memory_budget\"}",
+    )
+    .unwrap_or(0.0)
+        + sample(
+            &body,
+            "metricship_series_dropped_total{reason=\"series_cap\"}",
+        )
+        .unwrap_or(0.0);
     assert!(refused > 0.0, "the flood must have met a cap\n{body:.2000}");
     assert!(
         sample(&body, "metricship_set_members_refused_total").unwrap_or(0.0) > 0.0,

@@ -97,7 +97,7 @@ pub struct Fetched {
     pub via: Via,
 }
 
-/// How an object was fetched (the `via` label of `dagsync_objects_downloaded_total`).
+/// How an object was fetched (the `via` label of `dagsync_objects_sent_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     /// dagsync's direct GetObject ([`crate::direct`]).

@@ -353,11 +353,11 @@ async fn converges_through_injected_faults_and_keeps_running() {
     };
     assert!(value("dagsync_direct_fallbacks_total ") > 0.0, "{metrics}");
     assert!(
-        value("dagsync_objects_downloaded_total{via=\"direct\"}") > 0.0,
+        value("dagsync_objects_sent_total{via=\"direct\"}") > 0.0,
         "{metrics}"
     );
     assert!(
-        value("dagsync_objects_downloaded_total{via=\"sdk\"}") > 0.0,
+        value("dagsync_objects_sent_total{via=\"sdk\"}") > 0.0,
         "{metrics}"
     );
     let status = daemon.terminate(Duration::from_secs(15));
@@ -543,6 +543,9 @@ async fn health_readiness_metrics_and_healthcheck() {
         "dagsync_syncs_total{result=\"changed\"}",
         "dagsync_syncs_total{result=\"error\"}",
         "dagsync_sync_duration_seconds_bucket",
+        "dagsync_objects_sent_total{via=\"direct\"} 1",
+        "dagsync_bytes_sent_total 1",
+        // The deprecated names, for one more release.
         "dagsync_objects_downloaded_total{via=\"direct\"} 1",
         "dagsync_bytes_downloaded_total 1",
         "dagsync_last_success_timestamp_seconds",

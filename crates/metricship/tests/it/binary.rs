@@ -197,7 +197,10 @@ fn hostile_senders_cannot_crash_or_stall_it() {
     let body = rt.block_on(async {
         eventually("the attack counted", Duration::from_secs(10), || async {
             let body = scrape(admin).await;
-            (sample(&body, "metricship_series_dropped_total")? > 0.0
+            (sample(
+                &body,
+                "metricship_series_dropped_total{reason=\"series_cap\"}",
+            )? > 0.0
                 && sample(&body, "metricship_lines_malformed_total")? > 100.0)
                 .then_some(body)
         })
