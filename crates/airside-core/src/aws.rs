@@ -294,6 +294,17 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// An SDK call's result with its error classified and described: what the retry policy
+/// and the logs take.
+pub fn classified<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> Result<T, (ErrorClass, String)>
+where
+    E: ProvideErrorMetadata + std::error::Error + std::fmt::Debug + 'static,
+{
+    result.map_err(|e| (classify(&e), describe(&e)))
+}
+
 /// Formats an SDK error with its code and message (the SDK's Display says only "service error").
 pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where

@@ -15,8 +15,13 @@ pub struct Chunk {
     pub ends: Vec<u32>,
     /// The file's id.
     pub file: u64,
+    /// The file offset of the first byte of the first record.
+    pub start: u64,
     /// Delivering this chunk makes everything before this file offset delivered.
     pub end: u64,
+    /// The file's bytes from `start` to `end`, unchanged, when an output wants them
+    /// (the Airflow remote-log layout); empty otherwise.
+    pub raw: Vec<u8>,
     /// The file's metadata (path, Airflow fields).
     pub meta: Arc<FileMeta>,
 }

@@ -5,7 +5,7 @@
 //! several values, or one comma-separated value from the environment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airside_core::config::{parse_bytes, parse_duration};
@@ -37,7 +37,9 @@ pub struct ShipArgs {
         default_value = "/opt/airflow/logs/**/*.log"
     )]
     pub paths: Vec<String>,
-    /// Where records go: firehose:STREAM, s3://BUCKET/PREFIX or stdout. Repeatable.
+    /// Where records go: firehose:STREAM, s3://BUCKET/PREFIX, airflow-s3://BUCKET/PREFIX
+    /// (Airflow's remote-log layout; the API server's remote_base_log_folder) or stdout.
+    /// Repeatable.
     #[arg(long = "output", env = "LOGSHIP_OUTPUT", value_delimiter = ',', required = true, value_parser = parse_output)]
     pub outputs: Vec<OutputSpec>,
     /// Directory of the checkpoint file; must outlive the container (a task or EFS volume).
@@ -78,6 +80,26 @@ pub struct ShipArgs {
     /// Multipart part size for large S3 objects (at least 5MiB).
     #[arg(long, env = "LOGSHIP_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_bytes)]
     pub s3_part_size: u64,
+    /// Airflow's base_log_folder: an airflow-s3 output keys each file by its path
+    /// relative to it.
+    #[arg(
+        long,
+        env = "LOGSHIP_AIRFLOW_LOG_FOLDER",
+        default_value = "/opt/airflow/logs"
+    )]
+    pub airflow_log_folder: PathBuf,
+    /// How often an airflow-s3 output uploads what a growing log file gained (the live
+    /// view's delay).
+    #[arg(long, env = "LOGSHIP_AIRFLOW_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub airflow_flush_interval: Duration,
+    /// How long a log file stays quiet before an airflow-s3 output compacts its objects
+    /// into one.
+    #[arg(long, env = "LOGSHIP_AIRFLOW_COMPACT_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub airflow_compact_after: Duration,
+    /// What log bytes waiting for an airflow-s3 upload may hold in memory; beyond it
+    /// they are uploaded before the flush interval.
+    #[arg(long, env = "LOGSHIP_AIRFLOW_MAX_BUFFERED", default_value = "8MiB", value_parser = parse_bytes)]
+    pub airflow_max_buffered: u64,
 }
 
 /// One output destination.
@@ -97,6 +119,14 @@ pub enum OutputSpec {
     },
     /// NDJSON on standard output.
     Stdout,
+    /// Task log files, unchanged, in Airflow's remote-log layout under
+    /// `s3://BUCKET/PREFIX` (the API server's `remote_base_log_folder`).
+    AirflowS3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix (may be empty; no leading or trailing slash).
+        prefix: String,
+    },
 }
 
 impl std::fmt::Display for OutputSpec {
@@ -105,11 +135,12 @@ impl std::fmt::Display for OutputSpec {
             OutputSpec::Firehose { stream } => write!(f, "firehose:{stream}"),
             OutputSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
             OutputSpec::Stdout => f.write_str("stdout"),
+            OutputSpec::AirflowS3 { bucket, prefix } => write!(f, "airflow-s3://{bucket}/{prefix}"),
         }
     }
 }
 
-/// Parses `firehose:STREAM`, `s3://BUCKET/PREFIX` or `stdout`.
+/// Parses `firehose:STREAM`, `s3://BUCKET/PREFIX`, `airflow-s3://BUCKET/PREFIX` or `stdout`.
 pub fn parse_output(text: &str) -> Result<OutputSpec, String> {
     let text = text.trim();
     if text == "stdout" || text == "-" {
@@ -125,20 +156,25 @@ pub fn parse_output(text: &str) -> Result<OutputSpec, String> {
             stream: stream.to_string(),
         });
     }
-    if let Some(rest) = text.strip_prefix("s3://") {
+    for (scheme, airflow) in [("s3://", false), ("airflow-s3://", true)] {
+        let Some(rest) = text.strip_prefix(scheme) else {
+            continue;
+        };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.len() < 3 || bucket.len() > 63 {
             return Err(format!(
                 "invalid output {text:?}: a bucket name has 3 to 63 characters"
             ));
         }
-        return Ok(OutputSpec::S3 {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
+        let (bucket, prefix) = (bucket.to_string(), prefix.trim_matches('/').to_string());
+        return Ok(if airflow {
+            OutputSpec::AirflowS3 { bucket, prefix }
+        } else {
+            OutputSpec::S3 { bucket, prefix }
         });
     }
     Err(format!(
-        "invalid output {text:?}: use firehose:STREAM_NAME, s3://BUCKET/PREFIX or stdout"
+        "invalid output {text:?}: use firehose:STREAM_NAME, s3://BUCKET/PREFIX, airflow-s3://BUCKET/PREFIX or stdout"
     ))
 }
 
@@ -175,6 +211,14 @@ pub struct Config {
     pub s3_max_buffered: u64,
     /// S3 multipart part size.
     pub s3_part_size: u64,
+    /// Airflow's `base_log_folder`.
+    pub airflow_log_folder: PathBuf,
+    /// Upload cadence of the Airflow layout.
+    pub airflow_flush_interval: Duration,
+    /// Quiet time before an Airflow-layout attempt is compacted.
+    pub airflow_compact_after: Duration,
+    /// Memory bound of the Airflow layout's waiting bytes.
+    pub airflow_max_buffered: u64,
 }
 
 impl Config {
@@ -212,6 +256,41 @@ impl Config {
         if args.lifecycle.drain_timeout.is_zero() {
             return Err("--drain-timeout must be above zero".into());
         }
+        if args
+            .outputs
+            .iter()
+            .any(|o| matches!(o, OutputSpec::AirflowS3 { .. }))
+        {
+            if !args.airflow_log_folder.is_absolute() {
+                return Err(format!(
+                    "--airflow-log-folder {:?} must be an absolute path (Airflow's base_log_folder)",
+                    args.airflow_log_folder
+                ));
+            }
+            if args.airflow_flush_interval.is_zero() {
+                return Err("--airflow-flush-interval must be above zero".into());
+            }
+            if args.airflow_compact_after < args.airflow_flush_interval {
+                return Err(format!(
+                    "--airflow-compact-after ({:?}) must be at least --airflow-flush-interval ({:?})",
+                    args.airflow_compact_after, args.airflow_flush_interval
+                ));
+            }
+            if args.airflow_max_buffered < 64 * 1024 {
+                return Err("--airflow-max-buffered must be at least 64KiB".into());
+            }
+            let globs_outside: Vec<&String> = args
+                .paths
+                .iter()
+                .filter(|g| !Path::new(g.as_str()).starts_with(&args.airflow_log_folder))
+                .collect();
+            if !globs_outside.is_empty() {
+                return Err(format!(
+                    "--path {globs_outside:?} is not below --airflow-log-folder {:?}: an airflow-s3 output keys each file by its path relative to that folder; set --airflow-log-folder to Airflow's base_log_folder",
+                    args.airflow_log_folder
+                ));
+            }
+        }
         Ok(Self {
             paths: args.paths,
             outputs: args.outputs,
@@ -228,6 +307,10 @@ impl Config {
             s3_max_object_age: args.s3_max_object_age,
             s3_max_buffered: args.s3_max_buffered,
             s3_part_size: args.s3_part_size,
+            airflow_log_folder: args.airflow_log_folder,
+            airflow_flush_interval: args.airflow_flush_interval,
+            airflow_compact_after: args.airflow_compact_after,
+            airflow_max_buffered: args.airflow_max_buffered,
         })
     }
 }
@@ -266,6 +349,13 @@ mod tests {
             }
         );
         assert_eq!(parse_output("stdout").unwrap(), OutputSpec::Stdout);
+        assert_eq!(
+            parse_output("airflow-s3://logs-bucket/airflow/").unwrap(),
+            OutputSpec::AirflowS3 {
+                bucket: "logs-bucket".into(),
+                prefix: "airflow".into()
+            }
+        );
         assert!(parse_output("kafka:x").is_err());
         assert!(parse_output("firehose:").is_err());
     }

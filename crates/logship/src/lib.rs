@@ -119,7 +119,7 @@ impl Clients {
     pub async fn from_env(config: &Config) -> Result<Self, AwsSetupError> {
         let wants = |f: fn(&OutputSpec) -> bool| config.outputs.iter().any(f);
         let wants_firehose = wants(|o| matches!(o, OutputSpec::Firehose { .. }));
-        let wants_s3 = wants(|o| matches!(o, OutputSpec::S3 { .. }));
+        let wants_s3 = wants(|o| matches!(o, OutputSpec::S3 { .. } | OutputSpec::AirflowS3 { .. }));
         if !wants_firehose && !wants_s3 {
             return Ok(Self::default());
         }
@@ -249,6 +249,22 @@ async fn run_inner(
                     .await?
                     .map(Output::S3)
             }
+            OutputSpec::AirflowS3 { bucket, prefix } => {
+                let client = clients.s3.clone().ok_or_else(|| missing("s3"))?;
+                let settings = output::airflow::AirflowSettings {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    folder: args.airflow_log_folder.clone(),
+                    flush_interval: args.airflow_flush_interval,
+                    compact_after: args.airflow_compact_after,
+                    max_buffered: args.airflow_max_buffered,
+                    state_dir: args.state_dir.clone(),
+                    index,
+                };
+                output::airflow::AirflowOutput::connect(client, settings, acker, &shutdown)
+                    .await?
+                    .map(|o| Output::Airflow(Box::new(o)))
+            }
         };
         match out {
             Some(o) => outputs.push(o),
@@ -275,6 +291,10 @@ async fn run_inner(
             no_watch: args.no_watch.clone(),
             multiline_timeout: args.multiline_timeout,
             unreadable,
+            keep_raw: args
+                .outputs
+                .iter()
+                .any(|o| matches!(o, OutputSpec::AirflowS3 { .. })),
         },
         ledger.clone(),
         restored,

@@ -56,6 +56,19 @@ pub const S3_EARLY_ROLLS_TOTAL: &str = "logship_s3_early_rolls_total";
 /// Gauge: bytes the open S3 objects hold (labels: `output`).
 pub const S3_BUFFERED_BYTES: &str = "logship_s3_buffered_bytes";
 
+/// Counter: quiet Airflow-layout attempts settled, by `result` (`compacted` into one
+/// object, `airflow_uploaded`: Airflow's own uploader took the file, ours deleted).
+pub const AIRFLOW_COMPACTIONS_TOTAL: &str = "logship_airflow_compactions_total";
+/// Counter: objects of the Airflow layout deleted (folded into a later upload, compacted,
+/// or superseded by Airflow's own upload).
+pub const AIRFLOW_OBJECTS_DELETED_TOTAL: &str = "logship_airflow_objects_deleted_total";
+/// Gauge: log files the Airflow-layout output follows.
+pub const AIRFLOW_FILES: &str = "logship_airflow_files";
+/// Gauge: S3 objects holding those files.
+pub const AIRFLOW_OBJECTS: &str = "logship_airflow_objects";
+/// Gauge: bytes waiting for their upload to the Airflow layout.
+pub const AIRFLOW_BUFFERED_BYTES: &str = "logship_airflow_buffered_bytes";
+
 /// Every name above, for the contract test.
 pub const ALL: &[&str] = &[
     BYTES_READ_TOTAL,
@@ -81,6 +94,11 @@ pub const ALL: &[&str] = &[
     FILES_UNREADABLE,
     S3_EARLY_ROLLS_TOTAL,
     S3_BUFFERED_BYTES,
+    AIRFLOW_COMPACTIONS_TOTAL,
+    AIRFLOW_OBJECTS_DELETED_TOTAL,
+    AIRFLOW_FILES,
+    AIRFLOW_OBJECTS,
+    AIRFLOW_BUFFERED_BYTES,
 ];
 
 // --- the files input ---------------------------------------------------------------------
@@ -200,6 +218,71 @@ pub fn object_rolled_early(output: &str, key: &str, buffered: u64) {
 /// What the open S3 objects of an output hold.
 pub fn s3_buffered(output: &str, bytes: u64) {
     metrics::gauge!(S3_BUFFERED_BYTES, "output" => output.to_string()).set(bytes as f64);
+}
+
+/// An upload of the Airflow layout was stored (its `records` and `new_bytes` are
+/// delivered; `size` is the object's, folded bytes included).
+pub fn airflow_uploaded(
+    output: &str,
+    key: &str,
+    start: u64,
+    records: u64,
+    new_bytes: u64,
+    size: u64,
+) {
+    tracing::debug!(output = %output, key = %key, start, records, new_bytes, size, "log uploaded");
+    batch_delivered(output, records, new_bytes);
+}
+
+/// A quiet attempt was settled: compacted, or left to Airflow's own upload.
+pub fn airflow_compacted(output: &str, key: &str, result: &'static str, deleted: usize) {
+    metrics::counter!(AIRFLOW_COMPACTIONS_TOTAL, "output" => output.to_string(), "result" => result)
+        .increment(1);
+    tracing::info!(output = %output, key = %key, result, superseded = deleted, "attempt log settled");
+}
+
+/// A compaction could not be done (it is tried again; the objects stay as they are).
+pub fn airflow_compaction_failed(output: &str, key: &str, class: ErrorClass, error: &str) {
+    metrics::counter!(ERRORS_TOTAL, "output" => output.to_string(), "class" => class.as_str())
+        .increment(1);
+    tracing::warn!(output = %output, key = %key, class = class.as_str(), error = %error, "compaction failed; the objects stay as they are");
+}
+
+/// Superseded objects were deleted.
+pub fn airflow_objects_deleted(output: &str, n: usize) {
+    metrics::counter!(AIRFLOW_OBJECTS_DELETED_TOTAL, "output" => output.to_string())
+        .increment(n as u64);
+}
+
+/// A superseded object could not be deleted (tried again at the next tick).
+pub fn airflow_delete_failed(output: &str, object: &str, error: &str) {
+    tracing::warn!(output = %output, object = %object, error = %error, "cannot delete a superseded object; its lines show twice until it is");
+}
+
+/// A followed file is not below `--airflow-log-folder`: it has no place in the layout.
+pub fn airflow_file_outside_folder(output: &str, path: &str, folder: &Path) {
+    tracing::warn!(output = %output, path = %path, folder = %folder.display(), "file is not below --airflow-log-folder; the Airflow layout skips it");
+}
+
+/// An upload could not fold earlier objects (the file no longer has their bytes).
+pub fn airflow_fold_skipped(key: &str, why: &str) {
+    tracing::warn!(key = %key, reason = %why, "uploading new bytes on their own");
+}
+
+/// The Airflow-layout output's saved state could not be written.
+pub fn airflow_state_write_failed(path: &Path, error: &str) {
+    tracing::warn!(path = %path.display(), error = %error, "cannot save the Airflow layout's objects; retrying at the next upload");
+}
+
+/// How many files and objects the Airflow-layout output follows.
+pub fn airflow_files(output: &str, files: usize, objects: usize) {
+    metrics::gauge!(AIRFLOW_FILES, "output" => output.to_string()).set(files as f64);
+    metrics::gauge!(AIRFLOW_OBJECTS, "output" => output.to_string()).set(objects as f64);
+}
+
+/// Bytes waiting for the Airflow layout.
+pub fn airflow_buffered(output: &str, bytes: u64) {
+    metrics::gauge!(AIRFLOW_BUFFERED_BYTES, "output" => output.to_string()).set(bytes as f64);
 }
 
 /// A request of an output was accepted.

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airside_core::aws::{ErrorClass, classify, describe};
+use airside_core::aws::{ErrorClass, classified, classify, describe};
 use airside_core::shutdown::Shutdown;
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::primitives::Blob;
@@ -147,13 +147,10 @@ impl FirehoseOutput {
         let ok = check_destination(&name, shutdown, || {
             let client = client.clone();
             async move {
-                client
+                let call = client
                     .describe_delivery_stream()
-                    .delivery_stream_name(stream)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (classify(&e), describe(&e)))
+                    .delivery_stream_name(stream);
+                classified(call.send().await).map(|_| ())
             }
         })
         .await?;
@@ -328,7 +325,9 @@ mod tests {
             data: lines.concat(),
             ends,
             file: 1,
+            start: 0,
             end: 0,
+            raw: Vec::new(),
             meta: Arc::new(crate::record::FileMeta::new("/x.log", 1, None)),
         });
         let mut batch = Batch::default();

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::checkpoint::Ledger;
 use crate::chunk::Chunk;
 
+pub mod airflow;
 pub mod firehose;
 pub mod s3;
 pub mod stdout;
@@ -64,6 +65,8 @@ pub enum Output {
     S3(s3::S3Output),
     /// Standard output.
     Stdout(stdout::StdoutOutput),
+    /// Airflow's remote-log layout in S3.
+    Airflow(Box<airflow::AirflowOutput>),
 }
 
 impl Output {
@@ -73,6 +76,7 @@ impl Output {
             Output::Firehose(o) => o.run(rx).await,
             Output::S3(o) => o.run(rx).await,
             Output::Stdout(o) => o.run(rx).await,
+            Output::Airflow(o) => o.run(rx).await,
         }
     }
 }

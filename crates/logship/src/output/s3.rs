@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use airside_core::aws::{ErrorClass, classify, describe};
+use airside_core::aws::{ErrorClass, classified, classify, describe};
 use airside_core::shutdown::Shutdown;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -185,15 +185,7 @@ impl S3Output {
         let ok = check_destination(&name, shutdown, || {
             let client = client.clone();
             let bucket = bucket.clone();
-            async move {
-                client
-                    .head_bucket()
-                    .bucket(bucket)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (classify(&e), describe(&e)))
-            }
+            async move { classified(client.head_bucket().bucket(bucket).send().await).map(|_| ()) }
         })
         .await?;
         Ok(ok.then(|| Self {

@@ -2,6 +2,7 @@
 //!
 //! One test binary (one moto server) with a module per concern.
 
+mod airflow_layout;
 mod common;
 mod delivery;
 mod deployment;

@@ -335,6 +335,8 @@ impl Tailer {
                 asm: Assembler::default(),
                 last_data: now,
                 gone_since: None,
+                raw: Vec::new(),
+                raw_base: offset,
             },
         );
     }

@@ -77,6 +77,8 @@ pub struct TailSettings {
     pub multiline_timeout: Duration,
     /// Files and folders that cannot be read, shared with `/readyz`.
     pub unreadable: Unreadable,
+    /// Whether chunks carry the file's bytes unchanged ([`Chunk::raw`]).
+    pub keep_raw: bool,
 }
 
 /// The tailer stopped.
@@ -114,6 +116,11 @@ struct Stream {
     asm: Assembler,
     last_data: Instant,
     gone_since: Option<Instant>,
+    /// With `TailSettings::keep_raw`: the bytes read from `raw_base` on that no chunk
+    /// has carried yet (the held line, the traceback being joined).
+    raw: Vec<u8>,
+    /// The file offset of `raw[0]`.
+    raw_base: u64,
 }
 
 struct Retired {

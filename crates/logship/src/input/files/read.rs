@@ -58,6 +58,9 @@ pub(super) fn read_stream(
     st.read_off += n as u64;
     st.last_data = Instant::now();
     let bytes = &buf[..n];
+    if settings.keep_raw {
+        st.raw.extend_from_slice(bytes);
+    }
     let mut start = 0;
     if !st.partial.is_empty() {
         match memchr::memchr(b'\n', bytes) {
@@ -194,16 +197,27 @@ pub(super) fn encode_chunk(
     let size: usize = logicals.iter().map(|l| l.text.len() + 200).sum();
     let mut data = Vec::with_capacity(size + st.meta.path.len() * logicals.len());
     let mut ends = Vec::with_capacity(logicals.len());
+    let mut start = logicals[0].offset;
     let mut end = 0;
     for l in logicals.drain(..) {
         record::encode(&l, &st.meta, now, &mut data, &mut ends);
         end = l.end;
     }
+    // The file's own bytes of these records, when kept: everything read up to `end`.
+    let mut raw = Vec::new();
+    if !st.raw.is_empty() {
+        let n = (end.saturating_sub(st.raw_base) as usize).min(st.raw.len());
+        raw = st.raw.drain(..n).collect();
+        start = st.raw_base;
+        st.raw_base += n as u64;
+    }
     Some(Chunk {
         data,
         ends,
         file: st.id,
+        start,
         end,
+        raw,
         meta: st.meta.clone(),
     })
 }

@@ -1,0 +1,296 @@
+//! The airflow-s3 output against moto: what Airflow's S3 reader would see (every key
+//! starting with the attempt key, in key order, concatenated; `S3RemoteLogIO.read` in
+//! apache-airflow-providers-amazon) while a task writes, after SIGKILLs, and when
+//! Airflow's own uploader is left on. The real Airflow reader is exercised by
+//! `tests/airflow/` (pytest, Airflow 3.3.2).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airside_testkit::moto;
+
+use crate::common::*;
+
+const ATTEMPT: &str = "dag_id=etl/run_id=manual__2026-12-03/task_id=load/attempt=1.log";
+
+/// What Airflow's reader shows for the attempt key `key`: the objects listed under it,
+/// sorted, concatenated; and their keys. An object deleted between the listing and its
+/// read (a fold superseded it) makes Airflow show an error line for it; here the view
+/// is read again, as the UI's next poll would.
+async fn airflow_view(bucket: &str, key: &str) -> (Vec<u8>, Vec<String>) {
+    let s3 = s3_client().await;
+    'again: loop {
+        let mut keys = airside_testkit::s3::list_keys(&s3, bucket, key).await;
+        keys.sort();
+        let mut out = Vec::new();
+        for k in &keys {
+            match s3.get_object().bucket(bucket).key(k).send().await {
+                Ok(o) => out.extend(o.body.collect().await.unwrap().into_bytes()),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                    continue 'again;
+                }
+                Err(e) => panic!("GetObject {k}: {e:?}"),
+            }
+        }
+        return (out, keys);
+    }
+}
+
+fn args(folder: &Path, state: &Path, bucket: &str, interval: &str, compact: &str) -> Vec<String> {
+    vec![
+        s("--path"),
+        format!("{}/**/*.log", folder.display()),
+        s("--airflow-log-folder"),
+        folder.display().to_string(),
+        s("--output"),
+        format!("airflow-s3://{bucket}/logs"),
+        s("--state-dir"),
+        state.display().to_string(),
+        s("--poll-interval"),
+        s("100ms"),
+        s("--multiline-timeout"),
+        s("200ms"),
+        s("--airflow-flush-interval"),
+        s(interval),
+        s("--airflow-compact-after"),
+        s(compact),
+    ]
+}
+
+/// A task log that grows by one numbered line at a time; remembers how long it was when.
+struct TaskLog {
+    path: PathBuf,
+    file: std::fs::File,
+    written: Vec<(Instant, usize)>,
+    next: usize,
+}
+
+impl TaskLog {
+    fn create(folder: &Path, rel: &str) -> Self {
+        let path = folder.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        Self {
+            path,
+            file,
+            written: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// Writes the next line (Airflow 3's JSON form) and returns the file's length.
+    fn line(&mut self) -> usize {
+        self.next += 1;
+        writeln!(
+            self.file,
+            r#"{{"timestamp":"2026-12-03T10:00:00.{:06}Z","level":"info","event":"line {} of the task","logger":"task"}}"#,
+            self.next, self.next
+        )
+        .unwrap();
+        let len = std::fs::metadata(&self.path).unwrap().len() as usize;
+        self.written.push((Instant::now(), len));
+        len
+    }
+
+    /// The file's length at `t`.
+    fn len_at(&self, t: Instant) -> usize {
+        self.written
+            .iter()
+            .take_while(|(w, _)| *w <= t)
+            .last()
+            .map_or(0, |(_, l)| *l)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
+    let bucket = create_bucket().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("logs");
+    let mut log = TaskLog::create(&folder, ATTEMPT);
+    log.line();
+    let mut d = Daemon::start(
+        &args(&folder, &tmp.path().join("state"), &bucket, "500ms", "2s"),
+        &moto().endpoint(),
+        tmp.path(),
+        false,
+    );
+    d.wait_ready().await;
+    let key = format!("logs/{ATTEMPT}");
+
+    // Live: every view is a prefix of the file, and it keeps up.
+    let mut worst_lag = Duration::ZERO;
+    let mut max_objects = 0;
+    for _ in 0..30 {
+        log.line();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (view, keys) = airflow_view(&bucket, &key).await;
+        let file = log.bytes();
+        assert!(
+            file.starts_with(&view),
+            "the view is not a prefix of the file"
+        );
+        max_objects = max_objects.max(keys.len());
+        // How long ago the last line the view has was written.
+        let shown = log.written.iter().rev().find(|(_, l)| *l <= view.len());
+        let newest_missing = log.written.iter().find(|(_, l)| *l > view.len());
+        if let (Some(_), Some((t, _))) = (shown, newest_missing) {
+            worst_lag = worst_lag.max(t.elapsed());
+        }
+    }
+    println!("live: worst lag {worst_lag:?}, at most {max_objects} objects");
+    assert!(
+        worst_lag < Duration::from_secs(3),
+        "a line took {worst_lag:?} to show (flush interval 500 ms)"
+    );
+    // A trigger log of the same attempt sorts after it and shows with it.
+    let mut trigger = TaskLog::create(&folder, &format!("{ATTEMPT}.trigger.7.log"));
+    trigger.line();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, before) = airflow_view(&bucket, &key).await;
+
+    // Quiet for --airflow-compact-after: one object per file, byte for byte.
+    let want = [log.bytes(), trigger.bytes()].concat();
+    eventually(
+        Duration::from_secs(20),
+        "compaction to one object per file",
+        || {
+            let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
+            async move {
+                let (view, keys) = airflow_view(&bucket, &key).await;
+                view == want && keys.len() == 2
+            }
+        },
+    )
+    .await;
+    let (_, keys) = airflow_view(&bucket, &key).await;
+    assert_eq!(
+        keys,
+        [
+            format!("{key}.000000000000"),
+            format!("{key}.trigger.7.log.000000000000")
+        ]
+    );
+    let m = d.metrics().await;
+    if before.len() > 2 {
+        // More than one object per file before the quiet time: compaction made them one.
+        assert!(
+            metric_sum(&m, "logship_airflow_compactions_total") >= 1.0,
+            "{before:?}\n{m}"
+        );
+    }
+    // While it ran, uploads folded earlier objects and deleted them.
+    assert!(
+        metric_sum(&m, "logship_airflow_objects_deleted_total") >= 1.0,
+        "{m}"
+    );
+    d.stop(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_uploaded_and_restarts_duplicate_nothing() {
+    let bucket = create_bucket().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("logs");
+    let state = tmp.path().join("state");
+    let mut log = TaskLog::create(&folder, ATTEMPT);
+    let key = format!("logs/{ATTEMPT}");
+    let interval = Duration::from_millis(500);
+    for round in 0..4 {
+        let mut d = Daemon::start(
+            &args(&folder, &state, &bucket, "500ms", "30s"),
+            &moto().endpoint(),
+            tmp.path(),
+            false,
+        );
+        d.wait_ready().await;
+        let until = Instant::now() + Duration::from_millis(1500 + 300 * round);
+        while Instant::now() < until {
+            log.line();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d.child.kill().unwrap();
+        let killed = Instant::now();
+        let _ = d.wait_exit(Duration::from_secs(5)).await;
+        let (view, keys) = airflow_view(&bucket, &key).await;
+        let file = log.bytes();
+        assert!(
+            file.starts_with(&view),
+            "round {round}: after SIGKILL the view is not a prefix of the file ({keys:?})"
+        );
+        // Written two flush intervals before the kill (one, plus the upload in flight).
+        let due = log.len_at(killed - 2 * interval);
+        assert!(
+            view.len() >= due,
+            "round {round}: {} bytes shown, {due} written 1 s before the kill",
+            view.len()
+        );
+    }
+    // A last start uploads the rest: every line once, in order.
+    let mut d = Daemon::start(
+        &args(&folder, &state, &bucket, "500ms", "1s"),
+        &moto().endpoint(),
+        tmp.path(),
+        false,
+    );
+    d.wait_ready().await;
+    let want = log.bytes();
+    eventually(
+        Duration::from_secs(20),
+        "the whole file, once, in one object",
+        || {
+            let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
+            async move {
+                let (view, keys) = airflow_view(&bucket, &key).await;
+                view == want && keys.len() == 1
+            }
+        },
+    )
+    .await;
+    d.stop(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airflow_s_own_upload_leaves_every_line_once() {
+    let bucket = create_bucket().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("logs");
+    let mut log = TaskLog::create(&folder, ATTEMPT);
+    let key = format!("logs/{ATTEMPT}");
+    let mut d = Daemon::start(
+        &args(&folder, &tmp.path().join("state"), &bucket, "300ms", "60s"),
+        &moto().endpoint(),
+        tmp.path(),
+        false,
+    );
+    d.wait_ready().await;
+    for _ in 0..20 {
+        log.line();
+    }
+    let want = log.bytes();
+    eventually(Duration::from_secs(10), "the log in S3", || {
+        let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
+        async move { airflow_view(&bucket, &key).await.0 == want }
+    })
+    .await;
+    // What Airflow 3's S3TaskHandler does at the end of a task when remote logging is
+    // on where the task runs: PutObject of the whole file at the attempt key, then it
+    // empties the local file (S3RemoteLogIO.upload).
+    let s3 = s3_client().await;
+    airside_testkit::s3::put_object(&s3, &bucket, &key, want.clone()).await;
+    std::fs::File::create(&log.path).unwrap();
+    eventually(Duration::from_secs(10), "only Airflow's object", || {
+        let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
+        async move {
+            let (view, keys) = airflow_view(&bucket, &key).await;
+            view == want && keys == [key]
+        }
+    })
+    .await;
+    d.stop(Duration::from_secs(20)).await;
+}
