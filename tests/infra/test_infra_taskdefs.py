@@ -46,6 +46,7 @@ SAMPLE = {
     "efs_file_system_id": "fs-0123abcd",
     "efs_access_point_id": "fsap-0123abcd",
     "firehose_stream": "airflow-test-task-logs",
+    "remote_log_folder": "airflow-test-logs/airflow-task-logs/test",
     "worker_concurrency": "16",
     "min_workers": "0",
     "max_workers": "10",
@@ -283,9 +284,30 @@ def test_volumes_and_mount_points(kind):
             m = mounts[airflow["name"]]["/opt/airflow/logs"]
             assert m["sourceVolume"] == "airflow-logs" and m["readOnly"] is False
         assert env_of(cs["logship"])["LOGSHIP_PATH"] == "/opt/airflow/logs/**/*.log"
-        assert env_of(cs["logship"])["LOGSHIP_OUTPUT"] == "firehose:${firehose_stream}"
+        assert env_of(cs["logship"])["LOGSHIP_OUTPUT"] == (
+            "firehose:${firehose_stream},airflow-s3://${remote_log_folder}"
+        )
+        assert env_of(cs["logship"])["LOGSHIP_AIRFLOW_LOG_FOLDER"] == "/opt/airflow/logs"
     else:
         assert "airflow-logs" not in volumes
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_logship_is_the_only_uploader_of_task_logs_and_the_api_server_reads_them(kind):
+    """Airflow's own uploader is off wherever task logs are written (workers, scheduler,
+    dag-processor, triggerer), and on only for the API server, which reads the layout
+    logship writes at the same place."""
+    for airflow in airflow_containers(taskdef(kind)):
+        env = env_of(airflow)
+        if airflow["command"] == ["api-server"]:
+            assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
+            assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://${remote_log_folder}"
+            assert env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"]
+        else:
+            assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "False", airflow["name"]
+    commands = {tuple(a["command"]) for a in airflow_containers(taskdef(kind))}
+    if kind == "scheduler":
+        assert ("triggerer",) in commands
 
 
 def test_scheduler_sends_statsd_to_metricship():

@@ -219,8 +219,13 @@ def test_dagsync_writes_efs_only_through_the_access_point():
 def test_logship_puts_only_to_its_stream():
     (st,) = _with_action("logship", "firehose:PutRecordBatch")
     assert as_list(st["resources"]) == ["${var.firehose_stream_arn}"]
-    (put,) = _with_action("logship", "s3:PutObject")
-    assert as_list(put["resources"]) == ["arn:${local.partition}:s3:::${statement.value.bucket_name}/${statement.value.prefix}*"]
+    puts = _with_action("logship", "s3:PutObject")
+    (layout,) = [st for st in puts if "s3:DeleteObject" in as_list(st["actions"])]
+    (records,) = [st for st in puts if st is not layout]
+    assert as_list(records["resources"]) == ["arn:${local.partition}:s3:::${statement.value.bucket_name}/${statement.value.prefix}*"]
+    # The airflow-s3 output: put and delete below the remote-log prefix, nothing else.
+    assert as_list(layout["actions"]) == ["s3:PutObject", "s3:DeleteObject"]
+    assert as_list(layout["resources"]) == ["${local.remote_logs}/${var.remote_logs.prefix}*"]
     (lst,) = _with_action("logship", "s3:ListBucket")
     assert ("StringLikeIfExists", "s3:prefix") in _conditions(lst)
 
@@ -236,6 +241,7 @@ SDK_CALL_ACTIONS = {
     "head_object": ("s3:GetObject", "object"),
     "get_object": ("s3:GetObject", "object"),
     "put_object": ("s3:PutObject", "object"),
+    "delete_object": ("s3:DeleteObject", "object"),
     "create_multipart_upload": ("s3:PutObject", "object"),
     "upload_part": ("s3:PutObject", "object"),
     "complete_multipart_upload": ("s3:PutObject", "object"),
@@ -310,6 +316,16 @@ def test_kms_only_on_named_keys():
     assert found >= 4
 
 
+def test_the_api_server_may_only_list_and_read_the_task_logs():
+    (lst,) = _with_action("airflow_log_reader", "s3:ListBucket")
+    assert as_list(lst["resources"]) == ["${local.remote_logs}"]
+    assert _conditions(lst) == {("StringLike", "s3:prefix"): ["${var.remote_logs.prefix}*"]}
+    (get,) = _with_action("airflow_log_reader", "s3:GetObject")
+    assert as_list(get["resources"]) == ["${local.remote_logs}/${var.remote_logs.prefix}*"]
+    actions = {a for _, doc, st in policy_statements() if doc == "airflow_log_reader" for a in as_list(st["actions"])}
+    assert actions == {"s3:ListBucket", "s3:GetObject", "kms:Decrypt"}
+
+
 def test_task_roles_get_exactly_their_sidecars_policies():
     main = MODULES / "airflow-tasks" / "main.tf"
     policies = main.read_text()
@@ -319,7 +335,7 @@ def test_task_roles_get_exactly_their_sidecars_policies():
         for task, body in re.findall(r"(\w+)\s*=\s*\{([^}]*)\}", block)
     }
     assert got == {
-        "web": {"dagsync"},
+        "web": {"dagsync", "log_reader"},
         "scheduler": {"dagsync", "logship", "metricship"},
         "worker": {"dagsync", "logship"},
     }

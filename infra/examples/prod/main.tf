@@ -16,6 +16,9 @@ locals {
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
   dag_prefix = "${var.environment}/"
+  # Task logs for the Airflow UI (logship's airflow-s3 output), beside Firehose's
+  # deliveries in the logs bucket.
+  remote_logs = { bucket_name = aws_s3_bucket.logs.id, prefix = "airflow-task-logs/${var.environment}/" }
 }
 
 # ---------------------------------------------------------------------------------------
@@ -310,32 +313,36 @@ module "sidecar_iam" {
   efs_file_system_arn  = module.dag_store.file_system_arn
   efs_access_point_arn = module.dag_store.access_point_arn
   firehose_stream_arn  = module.log_delivery.stream_arn
+  remote_logs          = local.remote_logs
+  log_kms_key_arns     = [aws_kms_key.airflow.arn]
   metrics_namespace    = "Airflow"
 }
 
 module "airflow_tasks" {
   source = "../../modules/airflow-tasks"
 
-  name                         = var.name
-  environment                  = var.environment
-  images                       = var.images
-  ecr_repository_arns          = var.ecr_repository_arns
-  dag_bucket_name              = var.dag_bucket_name
-  dag_prefix                   = local.dag_prefix
-  efs_file_system_id           = module.dag_store.file_system_id
-  efs_access_point_id          = module.dag_store.access_point_id
-  firehose_stream_name         = module.log_delivery.stream_name
-  worker_concurrency           = var.worker_concurrency
-  min_workers                  = var.worker_min_count
-  max_workers                  = var.worker_max_count
-  execution_api_server_url     = var.execution_api_server_url
-  sql_alchemy_conn_secret_arn  = var.sql_alchemy_conn_secret_arn
-  celery_broker_url_secret_arn = var.celery_broker_url_secret_arn
-  secrets_kms_key_arns         = var.secrets_kms_key_arns
-  dagsync_policy_arn           = module.sidecar_iam.dagsync_policy_arn
-  logship_policy_arn           = module.sidecar_iam.logship_policy_arn
-  metricship_policy_arn        = module.sidecar_iam.metricship_policy_arn
-  log_kms_key_arn              = aws_kms_key.airflow.arn
+  name                          = var.name
+  environment                   = var.environment
+  images                        = var.images
+  ecr_repository_arns           = var.ecr_repository_arns
+  dag_bucket_name               = var.dag_bucket_name
+  dag_prefix                    = local.dag_prefix
+  efs_file_system_id            = module.dag_store.file_system_id
+  efs_access_point_id           = module.dag_store.access_point_id
+  firehose_stream_name          = module.log_delivery.stream_name
+  worker_concurrency            = var.worker_concurrency
+  min_workers                   = var.worker_min_count
+  max_workers                   = var.worker_max_count
+  execution_api_server_url      = var.execution_api_server_url
+  sql_alchemy_conn_secret_arn   = var.sql_alchemy_conn_secret_arn
+  celery_broker_url_secret_arn  = var.celery_broker_url_secret_arn
+  secrets_kms_key_arns          = var.secrets_kms_key_arns
+  dagsync_policy_arn            = module.sidecar_iam.dagsync_policy_arn
+  logship_policy_arn            = module.sidecar_iam.logship_policy_arn
+  metricship_policy_arn         = module.sidecar_iam.metricship_policy_arn
+  airflow_log_reader_policy_arn = module.sidecar_iam.airflow_log_reader_policy_arn
+  remote_logs                   = local.remote_logs
+  log_kms_key_arn               = aws_kms_key.airflow.arn
 }
 
 module "services" {

@@ -15,7 +15,7 @@ locals {
 
   # Which sidecar policies each task role carries: the sidecars that run in that task.
   sidecar_policies = {
-    web       = { dagsync = var.dagsync_policy_arn }
+    web       = { dagsync = var.dagsync_policy_arn, log_reader = var.airflow_log_reader_policy_arn }
     scheduler = { dagsync = var.dagsync_policy_arn, logship = var.logship_policy_arn, metricship = var.metricship_policy_arn }
     worker    = { dagsync = var.dagsync_policy_arn, logship = var.logship_policy_arn }
   }
@@ -54,6 +54,7 @@ locals {
       efs_file_system_id           = var.efs_file_system_id
       efs_access_point_id          = var.efs_access_point_id
       firehose_stream              = var.firehose_stream_name
+      remote_log_folder            = "${var.remote_logs.bucket_name}/${trimsuffix(var.remote_logs.prefix, "/")}"
       worker_concurrency           = tostring(var.worker_concurrency)
       min_workers                  = tostring(var.min_workers)
       max_workers                  = tostring(var.max_workers)

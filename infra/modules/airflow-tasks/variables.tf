@@ -136,6 +136,24 @@ variable "metricship_policy_arn" {
   description = "metricship policy from ../sidecar-iam; attached to the scheduler task role."
 }
 
+variable "airflow_log_reader_policy_arn" {
+  type        = string
+  description = "airflow_log_reader policy from ../sidecar-iam; attached to the web task role (the API server reads task logs from remote_logs)."
+}
+
+variable "remote_logs" {
+  type = object({
+    bucket_name = string
+    prefix      = string
+  })
+  description = "Airflow's remote_base_log_folder as bucket and key prefix (ending in \"/\"); the same value as sidecar-iam's remote_logs. The API server reads task logs there, logship writes them, Airflow's own uploader is off."
+
+  validation {
+    condition     = endswith(var.remote_logs.prefix, "/") && !startswith(var.remote_logs.prefix, "/")
+    error_message = "remote_logs.prefix must end in \"/\" and not start with one (for example \"airflow-task-logs/\")."
+  }
+}
+
 variable "airflow_policy_arns" {
   type        = list(string)
   description = "Further policies Airflow itself needs (its connections, remote logging, ...), attached to all three task roles."

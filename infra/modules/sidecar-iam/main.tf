@@ -8,6 +8,7 @@ data "aws_region" "current" {}
 locals {
   partition     = data.aws_partition.current.partition
   dag_bucket    = "arn:${local.partition}:s3:::${var.dag_bucket_name}"
+  remote_logs   = "arn:${local.partition}:s3:::${var.remote_logs.bucket_name}"
   s3_via_region = "s3.${data.aws_region.current.name}.amazonaws.com"
 }
 
@@ -74,6 +75,15 @@ data "aws_iam_policy_document" "logship" {
     resources = [var.firehose_stream_arn]
   }
 
+  # The airflow-s3 output: task logs in Airflow's remote-log layout, put while they grow
+  # and deleted when folded into a later object. No listing and no reading: logship
+  # remembers its own object names (its state directory).
+  statement {
+    sid       = "ShipTaskLogsForTheAirflowUI"
+    actions   = ["s3:PutObject", "s3:DeleteObject"]
+    resources = ["${local.remote_logs}/${var.remote_logs.prefix}*"]
+  }
+
   dynamic "statement" {
     for_each = var.log_s3_output == null ? [] : [var.log_s3_output]
     content {
@@ -106,7 +116,7 @@ data "aws_iam_policy_document" "logship" {
   }
 
   dynamic "statement" {
-    for_each = var.log_s3_output != null && length(var.log_kms_key_arns) > 0 ? [1] : []
+    for_each = length(var.log_kms_key_arns) > 0 ? [1] : []
     content {
       sid       = "EncryptLogObjects"
       actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
@@ -142,6 +152,51 @@ data "aws_iam_policy_document" "metricship" {
     actions   = ["cloudwatch:ListMetrics"]
     resources = ["*"]
   }
+}
+
+# The Airflow API server (the web task): reads the task logs logship put in the
+# remote-log layout. ListObjectsV2 with the attempt's key as prefix, then GetObject of
+# each key; listing is allowed below the prefix only.
+data "aws_iam_policy_document" "airflow_log_reader" {
+  statement {
+    sid       = "ListTaskLogs"
+    actions   = ["s3:ListBucket"]
+    resources = [local.remote_logs]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.remote_logs.prefix}*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadTaskLogs"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.remote_logs}/${var.remote_logs.prefix}*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.log_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptTaskLogs"
+      actions   = ["kms:Decrypt"]
+      resources = var.log_kms_key_arns
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = [local.s3_via_region]
+      }
+    }
+  }
+}
+
+resource "aws_iam_policy" "airflow_log_reader" {
+  name_prefix = "${var.name}-airflow-log-reader-"
+  description = "Airflow API server: list and read task logs under ${var.remote_logs.prefix} of ${var.remote_logs.bucket_name}"
+  policy      = data.aws_iam_policy_document.airflow_log_reader.json
+  tags        = var.tags
 }
 
 resource "aws_iam_policy" "dagsync" {

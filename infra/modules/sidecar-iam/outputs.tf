@@ -21,3 +21,8 @@ output "policy_documents" {
     metricship = data.aws_iam_policy_document.metricship.json
   }
 }
+
+output "airflow_log_reader_policy_arn" {
+  description = "Policy for the Airflow API server's task role: list and read the task logs logship puts under remote_logs (airflow-tasks attaches it to the web task)."
+  value       = aws_iam_policy.airflow_log_reader.arn
+}

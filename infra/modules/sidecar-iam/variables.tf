@@ -48,9 +48,17 @@ variable "log_s3_output" {
   default     = null
 }
 
+variable "remote_logs" {
+  type = object({
+    bucket_name = string
+    prefix      = string
+  })
+  description = "Airflow's remote_base_log_folder as bucket and key prefix (ending in \"/\"): logship's airflow-s3 output puts and deletes task logs under it, and the API server (airflow_log_reader policy) lists and reads them there."
+}
+
 variable "log_kms_key_arns" {
   type        = list(string)
-  description = "KMS keys of log_s3_output's bucket (SSE-KMS); logship may generate data keys with these only, and only through S3."
+  description = "KMS keys of the buckets of log_s3_output and remote_logs (SSE-KMS); logship may generate data keys, and the API server decrypt, with these only, and only through S3."
   default     = []
 }
 

@@ -114,12 +114,15 @@ async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
     let folder = tmp.path().join("logs");
     let mut log = TaskLog::create(&folder, ATTEMPT);
     log.line();
-    let mut d = Daemon::start(
-        &args(&folder, &tmp.path().join("state"), &bucket, "500ms", "2s"),
-        &moto().endpoint(),
-        tmp.path(),
-        false,
-    );
+    // Beside the records output, as the task definitions run it beside Firehose.
+    let mut flags = args(&folder, &tmp.path().join("state"), &bucket, "500ms", "2s");
+    flags.extend([
+        s("--output"),
+        format!("s3://{bucket}/records"),
+        s("--s3-max-object-age"),
+        s("1s"),
+    ]);
+    let mut d = Daemon::start(&flags, &moto().endpoint(), tmp.path(), false);
     d.wait_ready().await;
     let key = format!("logs/{ATTEMPT}");
 

@@ -86,6 +86,7 @@ impl Tailer {
                 continue;
             }
             let tx = self.events_tx.clone();
+            let changed = self.changed.clone();
             let handler = move |res: notify::Result<notify::Event>| {
                 let Ok(ev) = res else { return };
                 let structural = match ev.kind {
@@ -97,6 +98,15 @@ impl Tailer {
                     EventKind::Access(_) => return,
                 };
                 crate::telemetry::watch_event();
+                if !structural && let Ok(mut c) = changed.lock() {
+                    for path in ev.paths {
+                        if c.paths.len() >= MAX_CHANGED_PATHS {
+                            c.overflow = true;
+                            break;
+                        }
+                        c.paths.insert(path);
+                    }
+                }
                 // A full queue only means a wake-up is already pending.
                 let _ = tx.try_send(structural);
             };
@@ -176,6 +186,10 @@ impl Tailer {
                 .streams
                 .get_mut(id)
                 .expect("by_inode points at a stream");
+            if st.path != path {
+                self.by_path.remove(&st.path);
+                self.by_path.insert(path.clone(), *id);
+            }
             st.path = path;
             if st.file.is_none()
                 && md.len() != st.read_off
@@ -317,6 +331,7 @@ impl Tailer {
         });
         let now = Instant::now();
         self.by_inode.insert(key, id);
+        self.by_path.insert(path.clone(), id);
         self.streams.insert(
             id,
             Stream {

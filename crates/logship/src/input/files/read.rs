@@ -122,11 +122,15 @@ pub(super) fn push_line(st: &mut Stream, line: &[u8], newline: bool, logicals: &
 }
 
 impl Tailer {
-    /// One read of every open file. Returns whether any data moved.
-    pub(super) async fn pass(&mut self) -> Result<bool, TailError> {
-        let ids: Vec<u64> = self.streams.keys().copied().collect();
+    /// One read of every open file (`None`) or of the files `only`. Returns the files
+    /// whose data moved.
+    pub(super) async fn pass(&mut self, only: Option<HashSet<u64>>) -> Result<Vec<u64>, TailError> {
+        let ids: Vec<u64> = match only {
+            Some(ids) => ids.into_iter().collect(),
+            None => self.streams.keys().copied().collect(),
+        };
         let now = now_rfc3339();
-        let mut moved = false;
+        let mut moved = Vec::new();
         for id in ids {
             let Some(st) = self.streams.get_mut(&id) else {
                 continue;
@@ -137,7 +141,9 @@ impl Tailer {
             match outcome {
                 Read::Nothing => {}
                 Read::Data(chunk, n) => {
-                    moved |= n > 0;
+                    if n > 0 {
+                        moved.push(id);
+                    }
                     crate::telemetry::bytes_read(n);
                     if let Some(c) = chunk {
                         self.send(c).await?;
@@ -145,7 +151,7 @@ impl Tailer {
                 }
                 Read::Truncated => {
                     self.truncated(id).await?;
-                    moved = true;
+                    moved.push(id);
                 }
             }
         }
@@ -156,6 +162,7 @@ impl Tailer {
         let Some(mut st) = self.streams.remove(&id) else {
             return Ok(());
         };
+        self.forget_path(&st.path, id);
         self.by_inode.remove(&(st.dev, st.ino));
         let mut logicals = std::mem::take(&mut self.logicals);
         st.asm.flush(&mut logicals);

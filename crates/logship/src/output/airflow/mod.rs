@@ -162,6 +162,8 @@ impl AirflowOutput {
         let mut files: HashMap<String, Tracked> = HashMap::new();
         let mut outside: HashSet<u64> = HashSet::new();
         let mut retrier = Retrier::new(&self.name);
+        // Bytes waiting for an upload, kept as chunks come rather than summed per chunk.
+        let mut held = 0u64;
         let mut tick = tokio::time::interval(self.settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -169,10 +171,10 @@ impl AirflowOutput {
                 chunk = rx.recv() => match chunk {
                     Some(chunk) => {
                         self.add(&mut files, &mut outside, &chunk, &mut retrier).await?;
-                        let held: u64 = files.values().map(|t| t.attempt.pending().len() as u64).sum();
-                        crate::telemetry::airflow_buffered(&self.name, held);
+                        held += chunk.raw.len() as u64;
                         if held > self.settings.max_buffered {
                             self.upload_round(&mut files, None, &mut retrier).await?;
+                            held = pending_bytes(&files);
                         }
                     }
                     None => {
@@ -188,6 +190,8 @@ impl AirflowOutput {
                 },
                 _ = tick.tick() => {
                     self.upload_round(&mut files, None, &mut retrier).await?;
+                    held = pending_bytes(&files);
+                    crate::telemetry::airflow_buffered(&self.name, held);
                     self.settle_quiet(&mut files).await;
                     self.delete_doomed(&mut files).await;
                     self.evict_idle(&mut files);
@@ -493,6 +497,14 @@ impl AirflowOutput {
             .collect()
             .await
     }
+}
+
+/// Bytes waiting for an upload in all files.
+fn pending_bytes(files: &HashMap<String, Tracked>) -> u64 {
+    files
+        .values()
+        .map(|t| t.attempt.pending().len() as u64)
+        .sum()
 }
 
 /// `prefix/rest`, or `rest` when the prefix is empty.

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = ROOT / ".venv-airflow" / "bin" / "airflow"
 MOTO_SERVER = ROOT / "tests" / "support" / "moto_server.py"
-DAGS = Path(__file__).resolve().parent / "dags"
+DAGS = ROOT / "tests" / "airflow" / "dags"
 
 # A log_filename_template of a team's own: nothing in logship knows it.
 CUSTOM_TEMPLATE = (
@@ -52,8 +52,17 @@ def logship_binary() -> Path:
 class Stack:
     """moto, Airflow's four processes and logship, in `work` (a temporary folder)."""
 
-    def __init__(self, work: Path, template: str | None = None):
+    def __init__(
+        self,
+        work: Path,
+        template: str | None = None,
+        dags: Path = DAGS,
+        writer_extra_env: dict[str, str] | None = None,
+        api_port: int | None = None,
+    ):
         self.work = work
+        self.dags = dags
+        self.writer_extra_env = writer_extra_env or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.home = work / "airflow"
         self.worker_logs = work / "worker-logs"
@@ -62,7 +71,7 @@ class Stack:
         for d in (self.home, self.worker_logs, self.api_logs, self.state):
             d.mkdir(parents=True)
         self.template = template
-        self.api_port = free_port()
+        self.api_port = api_port or free_port()
         self.closed_port = free_port()  # nothing listens here: the workers' log server
         self.bucket = "airflow-logs"
         self.prefix = "remote"
@@ -104,7 +113,7 @@ class Stack:
             {
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
@@ -132,6 +141,7 @@ class Stack:
         env = self.base_env()
         env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(self.worker_logs)
         env["AIRFLOW__LOGGING__REMOTE_LOGGING"] = "False"
+        env.update(self.writer_extra_env)
         return env
 
     def reader_env(self) -> dict[str, str]:
@@ -142,8 +152,12 @@ class Stack:
         env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] = "aws_default"
         return env
 
-    def start(self) -> None:
-        self._start_moto()
+    def start(self, moto_endpoint: str | None = None) -> None:
+        """Starts everything; with `moto_endpoint`, uses that emulator instead of its own."""
+        if moto_endpoint:
+            self.moto_endpoint = moto_endpoint
+        else:
+            self._start_moto()
         self._create_bucket()
         subprocess.run(
             [str(AIRFLOW), "db", "migrate"],
