@@ -59,10 +59,14 @@ class Stack:
         dags: Path = DAGS,
         writer_extra_env: dict[str, str] | None = None,
         api_port: int | None = None,
+        writers_upload: bool = False,
     ):
         self.work = work
         self.dags = dags
         self.writer_extra_env = writer_extra_env or {}
+        # Airflow's own uploader on where tasks run too (a configuration the task
+        # definitions do not ship; tested to show it still gives every line once).
+        self.writers_upload = writers_upload
         self.procs: dict[str, subprocess.Popen] = {}
         self.home = work / "airflow"
         self.worker_logs = work / "worker-logs"
@@ -141,6 +145,10 @@ class Stack:
         env = self.base_env()
         env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(self.worker_logs)
         env["AIRFLOW__LOGGING__REMOTE_LOGGING"] = "False"
+        if self.writers_upload:
+            env["AIRFLOW__LOGGING__REMOTE_LOGGING"] = "True"
+            env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] = f"s3://{self.bucket}/{self.prefix}"
+            env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] = "aws_default"
         env.update(self.writer_extra_env)
         return env
 
@@ -244,6 +252,14 @@ class Stack:
         if self._moto:
             self._moto.stdin.close()
             self._moto.wait(timeout=10)
+
+    def logship_metrics(self) -> str:
+        """logship's /metrics (its admin address is in its JSON log)."""
+        for line in self.output("logship").splitlines():
+            if '"admin server listening"' in line:
+                addr = json.loads(line)["addr"]
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     def restart_writers(self) -> None:
         """Starts the scheduler and logship again (after a kill)."""

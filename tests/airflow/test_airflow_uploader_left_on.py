@@ -1,0 +1,52 @@
+"""Airflow's own uploader left on where tasks run, beside logship: the configuration the
+task definitions do not ship, and what the README says of it. Airflow 3.3.2 uploads the
+whole log to the attempt key when the task ends and empties the local file; logship then
+deletes its own objects of that attempt, and the UI shows every line once."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from airflow_stack import AIRFLOW, Stack, cleanup
+
+
+@pytest.fixture(scope="module")
+def stack():
+    assert AIRFLOW.exists(), f"{AIRFLOW} is missing: run scripts/setup-venv-airflow (scripts/test does)"
+    work = Path(tempfile.mkdtemp(prefix="airside-airflow-upload-"))
+    s = Stack(work, writers_upload=True)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        cleanup(work)
+
+
+def test_every_line_once_when_airflow_uploads_too(stack):
+    run = stack.trigger("quick_lines")
+    stack.wait_state("quick_lines", run, "quick", {"success"})
+    key = f"{stack.prefix}/dag_id=quick_lines/run_id={run}/task_id=quick/attempt=1.log"
+    deadline = time.time() + 60
+    while True:
+        keys = stack.keys(key)
+        log = stack.log_events("quick_lines", run, "quick", 1)
+        body = [str(e.get("event", "")) for e in log]
+        counts = Counter(e for e in body if e.startswith("quick line"))
+        # Only Airflow's own object is left, and the view has each line once.
+        if keys == [key] and counts == Counter(f"quick line {i}" for i in range(50)):
+            break
+        assert time.time() < deadline, f"{keys}\n{sorted(counts.items())[:5]}"
+        time.sleep(1)
+    # Airflow emptied the file after its upload: that is what logship saw, and it had
+    # objects of its own there, which it deleted.
+    rel = f"dag_id=quick_lines/run_id={run}/task_id=quick/attempt=1.log"
+    assert (stack.worker_logs / rel).stat().st_size == 0
+    metrics = stack.logship_metrics()
+    settled = [l for l in metrics.splitlines() if l.startswith("logship_airflow_compactions_total") and 'result="airflow_uploaded"' in l]
+    assert settled and float(settled[0].rsplit(" ", 1)[1]) >= 1, metrics
