@@ -202,13 +202,15 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
         ExtendedS3DestinationConfiguration={
             "RoleARN": "arn:aws:iam::123456789012:role/firehose",
             "BucketARN": f"arn:aws:s3:::{bucket}", "Prefix": "fh/"})
-    env = fill(env_of(containers(taskdef("worker"))["logship"]), {"firehose_stream": stream})
+    env = fill(env_of(containers(taskdef("worker"))["logship"]),
+               {"firehose_stream": stream, "remote_log_folder": f"{bucket}/airflow-task-logs"})
     logs = tmp_path / "logs"
     task = logs / "dag_id=d/run_id=r/task_id=t"
     task.mkdir(parents=True)
     marker = f"podman-image-line-{uuid.uuid4().hex}"
     # Airflow writes as uid 50000; the files are world-readable, as Airflow's are.
-    (task / "attempt=1.log").write_text(f"[2026-12-02T00:00:00] INFO {marker}\n")
+    line = f"[2026-12-02T00:00:00] INFO {marker}\n"
+    (task / "attempt=1.log").write_text(line)
     for p in [logs, *logs.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     state = tmp_path / "state"
@@ -226,6 +228,17 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
                 found = found or marker.encode() in body
             time.sleep(1)
         assert found, f"the line never reached the stream's bucket:\n{c.logs()}"
+        # And the file as it is, in Airflow's remote-log layout, for the UI.
+        key = "airflow-task-logs/dag_id=d/run_id=r/task_id=t/attempt=1.log.000000000000"
+        deadline = time.time() + 30
+        while True:
+            try:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                break
+            except s3.exceptions.NoSuchKey:
+                assert time.time() < deadline, f"no {key}:\n{c.logs()}"
+                time.sleep(1)
+        assert body == line.encode()
 
     c.serve(shipped)
     assert_only_the_binary("logship", size)
