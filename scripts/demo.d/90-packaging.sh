@@ -23,6 +23,7 @@ values = {
     "dag_source": "s3://airflow-dags/demo/", "dagsync_max_delete": "25%",
     "efs_file_system_id": "fs-demo", "efs_access_point_id": "fsap-demo",
     "firehose_stream": "airflow-demo-task-logs",
+    "remote_log_folder": "airflow-demo-logs/airflow-task-logs/dev",
     "worker_concurrency": "16", "min_workers": "0", "max_workers": "10",
     "execution_api_server_url": "http://airflow-web.demo.internal:8080/execution/",
     "sql_alchemy_conn_secret_arn": f"arn:aws:secretsmanager:{region}:{account}:secret:airflow-db",
