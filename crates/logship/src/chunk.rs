@@ -9,9 +9,10 @@ use crate::record::FileMeta;
 /// A run of encoded records from one file, handed to every output.
 #[derive(Debug)]
 pub struct Chunk {
-    /// Newline-terminated JSON records.
+    /// Newline-terminated JSON records; empty when no output takes records (only the
+    /// Airflow layout is shipped), and then every record is empty.
     pub data: Vec<u8>,
-    /// End position in `data` of each record.
+    /// End position in `data` of each record (one per line or joined traceback).
     pub ends: Vec<u32>,
     /// The file's id.
     pub file: u64,

@@ -49,9 +49,17 @@ pub struct ShipArgs {
     /// delivered and checkpointed within it).
     #[command(flatten)]
     pub lifecycle: Lifecycle,
-    /// How often files are looked for and read without a change event (the EFS/NFS fallback).
+    /// How often folders that send no change events (EFS/NFS, `--no-watch`) are walked for
+    /// new files; watched folders are walked on events, and every 30 s as a safety net.
     #[arg(long, env = "LOGSHIP_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// How often followed files are looked at (one fstat each) and read if they grew.
+    /// Writes are not watched: on a busy worker, one event per write cost more than the
+    /// reading (bench/logship/RESULTS.md). This is the longest a line waits to be read,
+    /// and it adds to the Airflow layout's kill-proof bound (a line written one flush
+    /// interval plus this before a SIGKILL is in S3); longer costs less CPU.
+    #[arg(long, env = "LOGSHIP_READ_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub read_interval: Duration,
     /// Directories never watched for change events, only polled (mount points of EFS/NFS).
     #[arg(long = "no-watch", env = "LOGSHIP_NO_WATCH", value_delimiter = ',')]
     pub no_watch: Vec<PathBuf>,
@@ -193,6 +201,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Poll cadence without change events.
     pub poll_interval: Duration,
+    /// Cadence of looking at followed files for new bytes.
+    pub read_interval: Duration,
     /// Directories only polled.
     pub no_watch: Vec<PathBuf>,
     /// Longest wait of a traceback (or unterminated line) for its next line.
@@ -298,6 +308,7 @@ impl Config {
             admin_addr: args.lifecycle.admin_addr,
             drain_timeout: args.lifecycle.drain_timeout,
             poll_interval: args.poll_interval,
+            read_interval: args.read_interval,
             no_watch: args.no_watch,
             multiline_timeout: args.multiline_timeout,
             linger: args.linger,

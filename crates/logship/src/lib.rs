@@ -288,6 +288,7 @@ async fn run_inner(
         TailSettings {
             globs: args.paths.clone(),
             poll_interval: args.poll_interval,
+            read_interval: args.read_interval,
             no_watch: args.no_watch.clone(),
             multiline_timeout: args.multiline_timeout,
             unreadable,
@@ -295,6 +296,10 @@ async fn run_inner(
                 .outputs
                 .iter()
                 .any(|o| matches!(o, OutputSpec::AirflowS3 { .. })),
+            records: args
+                .outputs
+                .iter()
+                .any(|o| !matches!(o, OutputSpec::AirflowS3 { .. })),
         },
         ledger.clone(),
         restored,

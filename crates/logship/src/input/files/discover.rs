@@ -77,50 +77,37 @@ pub fn glob_base(glob: &str) -> PathBuf {
 }
 
 impl Tailer {
+    /// Watches every base that exists and is not excluded by `--no-watch` (bases made
+    /// later are watched by the walk after they appear).
     pub(super) fn ensure_watchers(&mut self) {
-        for (i, base) in self.bases.iter().enumerate() {
-            if self.watchers[i].is_some()
+        for i in 0..self.bases.len() {
+            let base = &self.bases[i];
+            if self.watched[i]
+                || self.watch_unavailable
                 || self.settings.no_watch.iter().any(|d| base.starts_with(d))
                 || !base.is_dir()
             {
                 continue;
             }
-            let tx = self.events_tx.clone();
-            let changed = self.changed.clone();
-            let handler = move |res: notify::Result<notify::Event>| {
-                let Ok(ev) = res else { return };
-                let structural = match ev.kind {
-                    EventKind::Create(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Modify(notify::event::ModifyKind::Name(_)) => true,
-                    EventKind::Modify(_) | EventKind::Any | EventKind::Other => false,
-                    // Our own reads show up as access events: ignore them.
-                    EventKind::Access(_) => return,
-                };
-                crate::telemetry::watch_event();
-                if !structural && let Ok(mut c) = changed.lock() {
-                    for path in ev.paths {
-                        if c.paths.len() >= MAX_CHANGED_PATHS {
-                            c.overflow = true;
-                            break;
-                        }
-                        c.paths.insert(path);
+            if self.watch.is_none() {
+                match super::watch::Watch::new() {
+                    Ok(w) => self.watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no change events available; polling only");
+                        self.watch_unavailable = true;
+                        return;
                     }
                 }
-                // A full queue only means a wake-up is already pending.
-                let _ = tx.try_send(structural);
-            };
-            match notify::recommended_watcher(handler) {
-                Ok(mut w) => match w.watch(base, RecursiveMode::Recursive) {
-                    Ok(()) => {
-                        tracing::info!(dir = %base.display(), "watching for change events");
-                        self.watchers[i] = Some(w);
-                    }
-                    Err(e) => {
-                        tracing::warn!(dir = %base.display(), error = %e, "cannot watch; polling only")
-                    }
-                },
-                Err(e) => tracing::warn!(error = %e, "no change events available; polling only"),
+            }
+            let watch = self.watch.as_mut().expect("made above");
+            match watch.add_tree(base) {
+                Ok(()) => {
+                    tracing::info!(dir = %base.display(), "watching for change events");
+                    self.watched[i] = true;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %base.display(), error = %e, "cannot watch; polling only")
+                }
             }
         }
     }
@@ -186,20 +173,16 @@ impl Tailer {
                 .streams
                 .get_mut(id)
                 .expect("by_inode points at a stream");
-            if st.path != path {
-                self.by_path.remove(&st.path);
-                self.by_path.insert(path.clone(), *id);
-            }
             st.path = path;
             if st.file.is_none()
                 && md.len() != st.read_off
-                && let Ok(f) = File::open(&st.path)
+                && let Ok(f) = super::read::open_log(&st.path)
             {
                 st.file = Some(f);
             }
             return;
         }
-        let file = match File::open(&path) {
+        let file = match super::read::open_log(&path) {
             Ok(f) => f,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -331,7 +314,6 @@ impl Tailer {
         });
         let now = Instant::now();
         self.by_inode.insert(key, id);
-        self.by_path.insert(path.clone(), id);
         self.streams.insert(
             id,
             Stream {
@@ -348,6 +330,7 @@ impl Tailer {
                 line_start: offset,
                 partial: Vec::new(),
                 asm: Assembler::default(),
+                records: self.settings.records,
                 last_data: now,
                 gone_since: None,
                 raw: Vec::new(),

@@ -1,10 +1,11 @@
 //! Following files: discovery by glob, identity, reading, rotation, draining.
 //!
 //! Files are found by walking the directories under each glob's literal prefix
-//! — at start, on every change event from `notify`, and every `--poll-interval`
-//! in any case, so a filesystem that never sends events (EFS, NFS) only makes
-//! discovery slower, never stops it. Open files are read on every event and
-//! every poll interval.
+//! — at start, on every structural change event from inotify (something created,
+//! removed or renamed), and every `--poll-interval` in any case, so a filesystem that
+//! never sends events (EFS, NFS) only makes discovery slower, never stops it. Followed
+//! files are looked at every `--read-interval` (one `fstat` each) and read when they
+//! grew; writes are not watched (see `watch.rs` for why).
 //!
 //! A file is identified by device and inode plus a fingerprint of its first
 //! line (at most 256 bytes), so a reused inode is not taken for the old file.
@@ -15,13 +16,15 @@
 //! `attempt=1.log.1`, when `--path` matches it) continues where the old file
 //! stopped, so neither loses nor repeats lines.
 //!
-//! Rooms: `discover.rs` (globs, watches, walks, unreadable paths), `identity.rs`
-//! (fingerprints and stream ids), `read.rs` (reading and cutting lines); this module
-//! runs the loop and hands chunks to the outputs.
+//! Rooms: `discover.rs` (globs, walks, unreadable paths), `watch.rs` (the inotify
+//! events that trigger walks), `identity.rs` (fingerprints and stream ids), `read.rs`
+//! (reading and cutting lines); this module runs the loop and hands chunks to the
+//! outputs.
 
 mod discover;
 mod identity;
 mod read;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -33,7 +36,6 @@ use std::time::{Duration, Instant, SystemTime};
 use airside_core::ecs::TaskMetadata;
 use airside_core::shutdown::Shutdown;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::checkpoint::{Entry, Ledger};
@@ -63,13 +65,18 @@ pub(super) const RETIRED_TTL: Duration = Duration::from_secs(300);
 /// default `--linger`, so the last batch has been sent by then).
 pub(super) const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(5);
 
+/// With every base watched, the walk that events did not ask for comes this often.
+const WATCHED_WALK: Duration = Duration::from_secs(30);
+
 /// What the tailer needs to know.
 #[derive(Debug, Clone)]
 pub struct TailSettings {
     /// Globs of files to follow.
     pub globs: Vec<String>,
-    /// Discovery and read cadence without events.
+    /// Discovery cadence without events (and the rotation wait).
     pub poll_interval: Duration,
+    /// How often followed files are looked at for new bytes.
+    pub read_interval: Duration,
     /// Base directories at or below these are never watched.
     pub no_watch: Vec<PathBuf>,
     /// How long a traceback waits for its next line; also how long a file must be quiet
@@ -79,6 +86,9 @@ pub struct TailSettings {
     pub unreadable: Unreadable,
     /// Whether chunks carry the file's bytes unchanged ([`Chunk::raw`]).
     pub keep_raw: bool,
+    /// Whether chunks carry JSON records ([`Chunk::data`]); without an output that
+    /// takes them, only their count ([`Chunk::ends`] of empty records).
+    pub records: bool,
 }
 
 /// The tailer stopped.
@@ -114,6 +124,8 @@ struct Stream {
     line_start: u64,
     partial: Vec<u8>,
     asm: Assembler,
+    /// [`TailSettings::records`]: without it, lines are only counted and delimited.
+    records: bool,
     last_data: Instant,
     gone_since: Option<Instant>,
     /// With `TailSettings::keep_raw`: the bytes read from `raw_base` on that no chunk
@@ -122,21 +134,6 @@ struct Stream {
     /// The file offset of `raw[0]`.
     raw_base: u64,
 }
-
-/// What change events reported between two looks of the tailer.
-#[derive(Debug, Default)]
-struct ChangedPaths {
-    paths: std::collections::HashSet<PathBuf>,
-    /// More paths than are worth keeping: read every file.
-    overflow: bool,
-}
-
-/// How long a data event waits for others before the files are read: the longest
-/// this adds to a line's way out.
-const EVENT_BATCH: Duration = Duration::from_millis(100);
-
-/// The most changed paths kept between two looks; beyond it every file is read.
-const MAX_CHANGED_PATHS: usize = 4096;
 
 struct Retired {
     fp: u64,
@@ -165,23 +162,18 @@ pub struct Tailer {
     ecs: Option<TaskMetadata>,
     buf: Vec<u8>,
     logicals: Vec<Logical>,
-    watchers: Vec<Option<RecommendedWatcher>>,
-    events_tx: mpsc::Sender<bool>,
-    events_rx: Option<mpsc::Receiver<bool>>,
-    /// Paths that change events named since the tailer last looked, so that a write
-    /// reads the file written to rather than every followed file.
-    changed: Arc<std::sync::Mutex<ChangedPaths>>,
-    /// Followed files by their path, to find a changed path's stream.
-    by_path: HashMap<PathBuf, u64>,
+    /// The inotify instance, once a base could be watched.
+    watch: Option<watch::Watch>,
+    /// Whether each base is watched.
+    watched: Vec<bool>,
+    /// inotify could not be started (no instances left): poll only, say so once.
+    watch_unavailable: bool,
     walk_requested: bool,
     /// Matching files the last walk found before their first line was complete, so not
-    /// followed yet. A data event (which otherwise only reads followed files) looks at
-    /// these again; without that, such a file waited for the next poll. Only these paths
-    /// are looked at, not the whole tree: an empty file may sit there for a long time
-    /// while other files are written to.
+    /// followed yet. Every read interval looks at these again; without that, such a file
+    /// waited for the next poll. Only these paths are looked at, not the whole tree: an
+    /// empty file may sit there for a long time while other files are written to.
     awaiting_first_line: Vec<PathBuf>,
-    /// A data event arrived while some file was awaiting its first line.
-    recheck_awaiting: bool,
     /// Files without a newline yet, by inode: their size, and since when it has not
     /// changed. Quiet for `--multiline-timeout`, their content is a complete line.
     unterminated_since: HashMap<(u64, u64), (u64, Instant)>,
@@ -191,6 +183,14 @@ pub struct Tailer {
     unterminated_checked: Instant,
     /// Unreadable paths found by the walk in progress.
     unreadable_now: std::collections::BTreeMap<String, String>,
+}
+
+/// The next batch of change events; never, without an inotify instance.
+async fn next_event(watch: &mut Option<watch::Watch>) -> Option<watch::Seen> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -231,7 +231,9 @@ impl Tailer {
             .cloned()
             .collect();
         let mut tailer = Self {
-            watchers: outer.iter().map(|_| None).collect(),
+            watch: None,
+            watched: outer.iter().map(|_| false).collect(),
+            watch_unavailable: false,
             bases: outer,
             settings,
             set,
@@ -246,21 +248,13 @@ impl Tailer {
             ecs,
             buf: vec![0; READ_BYTES],
             logicals: Vec::new(),
-            events_tx: mpsc::channel(1).0,
-            events_rx: None,
-            changed: Default::default(),
-            by_path: HashMap::new(),
             walk_requested: false,
             awaiting_first_line: Vec::new(),
-            recheck_awaiting: false,
             unterminated_since: HashMap::new(),
             take_unterminated_now: false,
             unterminated_checked: Instant::now(),
             unreadable_now: Default::default(),
         };
-        let (tx, rx) = mpsc::channel(256);
-        tailer.events_tx = tx;
-        tailer.events_rx = Some(rx);
         for e in restored {
             if e.retired {
                 tailer.retire_entry(e);
@@ -291,7 +285,6 @@ impl Tailer {
     /// Follows files until `shutdown`, then reads every file to where it ended when
     /// the signal came, sends the rest and returns (dropping the output channels).
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), TailError> {
-        let mut events = self.events_rx.take().expect("run is called once");
         self.ensure_watchers();
         self.walk("start");
         // Checkpointed files that were not found again: their inode was truncated or the
@@ -302,47 +295,53 @@ impl Tailer {
             self.retire_entry(e);
         }
         let poll = self.settings.poll_interval;
-        let mut next_walk = tokio::time::Instant::now() + poll;
+        let every = self.settings.read_interval;
+        let mut next_walk = tokio::time::Instant::now() + self.walk_every();
+        let mut next_housekeeping = tokio::time::Instant::now() + poll;
+        let mut next_read = tokio::time::Instant::now();
         let mut last_moved = Instant::now();
         let mut released = false;
-        // Which files the next pass reads: every one (at start, after a walk, when a
-        // timer is due, when events overflowed), or those that changed or still had
-        // more to read. With hundreds of files written to at once, reading only the
-        // written one per event is what keeps the cost per line flat.
-        let mut read_all = true;
-        let mut to_read: HashSet<u64> = HashSet::new();
+        // Files with more than one read's worth waiting: read again at once, not at the
+        // next read interval.
+        let mut more: Vec<u64> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            let mut read_all = false;
             // Walk first, so that a file the walk finds is read in this same pass
-            // rather than at the next event or poll.
+            // rather than at the next read interval.
             if self.walk_requested || tokio::time::Instant::now() >= next_walk {
                 let why = if self.walk_requested { "event" } else { "poll" };
                 self.walk_requested = false;
                 self.ensure_watchers();
                 self.walk(why);
                 self.housekeeping().await?;
-                next_walk = tokio::time::Instant::now() + poll;
+                next_walk = tokio::time::Instant::now() + self.walk_every();
+                next_housekeeping = tokio::time::Instant::now() + poll;
                 read_all = true;
-            } else if std::mem::take(&mut self.recheck_awaiting) {
+            } else if tokio::time::Instant::now() >= next_housekeeping {
+                self.housekeeping().await?;
+                next_housekeeping = tokio::time::Instant::now() + poll;
+            }
+            if tokio::time::Instant::now() >= next_read {
                 for path in std::mem::take(&mut self.awaiting_first_line) {
                     if let Ok(md) = std::fs::metadata(&path)
                         && md.is_file()
                     {
-                        self.found(path, &md, "event");
+                        self.found(path, &md, "poll");
                     }
                 }
+                next_read = tokio::time::Instant::now() + every;
+                read_all = true;
             }
-            read_all |= self.take_changed(&mut to_read);
-            let moved = if std::mem::take(&mut read_all) {
-                to_read.clear();
+            let read = if read_all {
+                more.clear();
                 self.pass(None).await?
             } else {
-                let ids = std::mem::take(&mut to_read);
-                self.pass(Some(ids)).await?
+                self.pass(Some(std::mem::take(&mut more))).await?
             };
-            if !moved.is_empty() {
+            if read.any {
                 last_moved = Instant::now();
                 released = false;
             } else if !released && last_moved.elapsed() >= RELEASE_AFTER_IDLE {
@@ -351,14 +350,13 @@ impl Tailer {
                 airside_core::memory::release();
                 released = true;
             }
-            if !moved.is_empty() {
-                // Those files may have more than one read's worth: read them again.
-                to_read.extend(moved);
+            if !read.more.is_empty() {
+                more = read.more;
                 tokio::task::yield_now().await;
                 continue;
             }
             // A traceback waiting for its next line is sent when --multiline-timeout
-            // is up, not at the next event or poll, which may be much later.
+            // is up, not at the next read interval.
             let multiline = self.next_multiline_deadline();
             // A file holding only a line without a newline is looked at again when it
             // has been quiet for --multiline-timeout, not at the next poll.
@@ -374,55 +372,55 @@ impl Tailer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = crate::sleep_until_some(multiline), if multiline.is_some() => {
-                    read_all = true;
+                    next_read = tokio::time::Instant::now();
                 }
                 _ = crate::sleep_until_some(unterminated), if unterminated.is_some() => {
                     // Each due time wakes the tailer once (a file that still cannot be
                     // followed then waits for the next walk).
                     self.unterminated_checked = Instant::now();
-                    self.recheck_awaiting = !self.awaiting_first_line.is_empty();
-                    read_all = true;
+                    next_read = tokio::time::Instant::now();
                 }
-                ev = events.recv() => {
-                    // Let the writes of a moment gather: a busy worker writes to
-                    // hundreds of files many times a second, and one pass over the
-                    // files written to in the last EVENT_BATCH costs a fraction of one
-                    // wake-up and read per write.
-                    if ev == Some(false) {
-                        tokio::time::sleep(EVENT_BATCH).await;
+                seen = next_event(&mut self.watch) => match seen {
+                    Some(seen) => {
+                        self.walk_requested |= seen.walk;
+                        if seen.base_gone {
+                            self.unwatch_gone_bases();
+                        }
                     }
-                    if ev == Some(true) {
-                        self.walk_requested = true;
+                    None => {
+                        tracing::warn!("change events stopped; polling only");
+                        self.watch = None;
+                        self.watch_unavailable = true;
                     }
-                    self.recheck_awaiting |= ev.is_some() && !self.awaiting_first_line.is_empty();
-                    while let Ok(structural) = events.try_recv() {
-                        self.walk_requested |= structural;
-                    }
-                }
+                },
                 _ = tokio::time::sleep_until(next_walk) => {}
+                _ = tokio::time::sleep_until(next_housekeeping) => {}
+                _ = tokio::time::sleep_until(next_read) => {}
             }
         }
         self.drain().await
     }
 
-    /// Forgets that `path` is the followed file `id` (unless another file took the path).
-    fn forget_path(&mut self, path: &std::path::Path, id: u64) {
-        if self.by_path.get(path) == Some(&id) {
-            self.by_path.remove(path);
+    /// How long until the next walk without an event: the poll interval while some base
+    /// is not watched (EFS, NFS, `--no-watch`, inotify unavailable); with every base
+    /// watched, events say when to walk, and this walk is only the safety net (it was
+    /// a sixth of the CPU under 200 busy task logs at one walk a second).
+    /// Files held back as a possible copy of a truncated file (`deferred`) are looked at
+    /// again by walks, so those keep the poll interval too.
+    fn walk_every(&self) -> Duration {
+        if !self.watch_unavailable && self.watched.iter().all(|w| *w) && self.deferred.is_empty() {
+            self.settings.poll_interval.max(WATCHED_WALK)
+        } else {
+            self.settings.poll_interval
         }
     }
 
-    /// Moves the followed files that change events named into `ids`; true when every
-    /// file should be read (the events overflowed).
-    fn take_changed(&mut self, ids: &mut HashSet<u64>) -> bool {
-        let mut changed = self.changed.lock().expect("changed paths lock");
-        let all = std::mem::take(&mut changed.overflow);
-        for path in changed.paths.drain() {
-            if let Some(id) = self.by_path.get(&path) {
-                ids.insert(*id);
-            }
+    /// Marks the bases whose folder is no longer watched, so the next walk watches them
+    /// again if they are back.
+    fn unwatch_gone_bases(&mut self) {
+        for (i, base) in self.bases.iter().enumerate() {
+            self.watched[i] &= self.watch.as_ref().is_some_and(|w| w.watches_dir(base));
         }
-        all
     }
 
     /// When the earliest pending multiline record (a traceback that may go on) is due.
@@ -440,7 +438,7 @@ impl Tailer {
     async fn drain(&mut self) -> Result<(), TailError> {
         // No new files from here on: only those already followed are finished, and
         // those holding only a line without a newline, which is complete now.
-        self.watchers.clear();
+        self.watch = None;
         self.take_unterminated_now = true;
         for path in std::mem::take(&mut self.awaiting_first_line) {
             if let Ok(md) = std::fs::metadata(&path)
@@ -452,7 +450,7 @@ impl Tailer {
         let mut targets = HashMap::new();
         for st in self.streams.values_mut() {
             if st.file.is_none()
-                && let Ok(f) = File::open(&st.path)
+                && let Ok(f) = read::open_log(&st.path)
                 && let Ok(md) = f.metadata()
                 && (md.dev(), md.ino()) == (st.dev, st.ino)
             {
@@ -469,7 +467,7 @@ impl Tailer {
             "reading every file to its end before exit"
         );
         loop {
-            let moved = !self.pass(None).await?.is_empty();
+            let moved = self.pass(None).await?.any;
             let done = self.streams.values().all(|st| {
                 targets
                     .get(&st.id)
@@ -487,7 +485,7 @@ impl Tailer {
             // The last line of a file that ends without a newline is complete now.
             take_partial_line(st, &mut logicals);
             st.asm.flush(&mut logicals);
-            let chunk = encode_chunk(st, &mut logicals, &now);
+            let chunk = encode_chunk(st, &mut logicals, &now, self.settings.records);
             self.logicals = logicals;
             if let Some(c) = chunk {
                 self.send(c).await?;
@@ -498,11 +496,22 @@ impl Tailer {
     }
 
     /// Lets go of files that were rotated away or deleted and read to their end,
-    /// closes idle descriptors and forgets truncated files nobody continued.
+    /// closes idle descriptors (and opens them again when their file grew) and forgets
+    /// truncated files nobody continued.
     async fn housekeeping(&mut self) -> Result<(), TailError> {
         let rotate_wait = (self.settings.poll_interval * 2).max(Duration::from_secs(1));
         let mut done = Vec::new();
         for st in self.streams.values_mut() {
+            if st.file.is_none()
+                && st.gone_since.is_none()
+                && let Ok(md) = std::fs::metadata(&st.path)
+                && (md.dev(), md.ino()) == (st.dev, st.ino)
+                && md.len() != st.read_off
+                && let Ok(f) = read::open_log(&st.path)
+            {
+                // An idle task log written to again (a task that slept for minutes).
+                st.file = Some(f);
+            }
             let at_end = match &st.file {
                 Some(f) => f.metadata().map(|m| m.len() <= st.read_off).unwrap_or(true),
                 None => true,
@@ -528,7 +537,6 @@ impl Tailer {
         for id in done {
             let mut st = self.streams.remove(&id).expect("id from streams");
             self.by_inode.remove(&(st.dev, st.ino));
-            self.forget_path(&st.path, id);
             let mut logicals = std::mem::take(&mut self.logicals);
             if !st.partial.is_empty() {
                 // The file is finished: its last line will never get a newline.
@@ -536,7 +544,12 @@ impl Tailer {
                 push_line(&mut st, &line, false, &mut logicals);
             }
             st.asm.flush(&mut logicals);
-            let chunk = encode_chunk(&mut st, &mut logicals, &now_rfc3339());
+            let chunk = encode_chunk(
+                &mut st,
+                &mut logicals,
+                &now_rfc3339(),
+                self.settings.records,
+            );
             self.logicals = logicals;
             if let Some(c) = chunk {
                 self.send(c).await?;

@@ -36,6 +36,10 @@ use self::saved::{Saved, SavedError};
 use super::{Acker, OutputError, Retrier, check_destination};
 use crate::chunk::Chunk;
 
+/// The most attempt keys remembered by file id (forgotten all at once beyond it; they
+/// are derived again as chunks come).
+const MAX_TRACKED_KEYS: usize = 65_536;
+
 /// Settings of the Airflow-layout output.
 #[derive(Debug, Clone)]
 pub struct AirflowSettings {
@@ -161,6 +165,8 @@ impl AirflowOutput {
     ) -> Result<(), OutputError> {
         let mut files: HashMap<String, Tracked> = HashMap::new();
         let mut outside: HashSet<u64> = HashSet::new();
+        // Each followed file's path and attempt key, so a chunk does not derive it again.
+        let mut keys: HashMap<u64, (String, String)> = HashMap::new();
         let mut retrier = Retrier::new(&self.name);
         // Bytes waiting for an upload, kept as chunks come rather than summed per chunk.
         let mut held = 0u64;
@@ -170,7 +176,7 @@ impl AirflowOutput {
             tokio::select! {
                 chunk = rx.recv() => match chunk {
                     Some(chunk) => {
-                        self.add(&mut files, &mut outside, &chunk, &mut retrier).await?;
+                        self.add(&mut files, &mut outside, &mut keys, &chunk, &mut retrier).await?;
                         held += chunk.raw.len() as u64;
                         if held > self.settings.max_buffered {
                             self.upload_round(&mut files, None, &mut retrier).await?;
@@ -205,11 +211,24 @@ impl AirflowOutput {
         &mut self,
         files: &mut HashMap<String, Tracked>,
         outside: &mut HashSet<u64>,
+        keys: &mut HashMap<u64, (String, String)>,
         chunk: &Chunk,
         retrier: &mut Retrier,
     ) -> Result<(), OutputError> {
         let path = Path::new(&chunk.meta.path);
-        let Some(key) = attempt_key(&self.settings.prefix, &self.settings.folder, path) else {
+        let cached = keys
+            .get(&chunk.file)
+            .filter(|(p, _)| *p == chunk.meta.path)
+            .map(|(_, k)| k.clone());
+        let key = cached.or_else(|| {
+            let key = attempt_key(&self.settings.prefix, &self.settings.folder, path)?;
+            if keys.len() >= MAX_TRACKED_KEYS {
+                keys.clear();
+            }
+            keys.insert(chunk.file, (chunk.meta.path.clone(), key.clone()));
+            Some(key)
+        });
+        let Some(key) = key else {
             if outside.insert(chunk.file) {
                 crate::telemetry::airflow_file_outside_folder(
                     &self.name,
@@ -256,7 +275,9 @@ impl AirflowOutput {
         let t = files.get_mut(&key).expect("inserted above");
         t.attempt.push(&chunk.raw, chunk.file, chunk.end);
         t.records += chunk.ends.len() as u64;
-        t.path = path.to_path_buf();
+        if t.path != path {
+            t.path = path.to_path_buf();
+        }
         t.last_data = Instant::now();
         t.settled_at = None;
         Ok(())
