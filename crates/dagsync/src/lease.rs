@@ -151,10 +151,21 @@ impl SharedStatus {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Writes the status file atomically (the core's atomic write).
-    pub fn write(&self, own_dir: &Path) -> Result<(), airside_core::atomic_file::AtomicWriteError> {
+    /// Writes the status file atomically (the core's atomic write), through a temporary
+    /// file in `scratch`, this process's staging folder: a SIGKILL mid-write then leaves
+    /// it where the next start's sweep of abandoned staging folders removes it (beside
+    /// the status file, as `status.json.tmp-PID`, nothing ever did).
+    pub fn write(
+        &self,
+        own_dir: &Path,
+        scratch: &Path,
+    ) -> Result<(), airside_core::atomic_file::AtomicWriteError> {
         let bytes = serde_json::to_vec(self).expect("status serialises");
-        airside_core::atomic_file::write_atomically(&own_dir.join(STATUS_FILE), &bytes)
+        airside_core::atomic_file::write_atomically_via(
+            &own_dir.join(STATUS_FILE),
+            &scratch.join(format!("{STATUS_FILE}.tmp")),
+            &bytes,
+        )
     }
 
     /// When the last successful cycle ended.
@@ -210,7 +221,17 @@ mod tests {
             last_success_ms: 1_700_000_000_123,
             failing: vec![("dags/bad.py".into(), "integrity".into())],
         };
-        s.write(dir.path()).unwrap();
+        let scratch = dir.path().join("staging");
+        std::fs::create_dir(&scratch).unwrap();
+        s.write(dir.path(), &scratch).unwrap();
         assert_eq!(SharedStatus::read(dir.path()), Some(s));
+        // Nothing is left beside the status file, nor in the scratch folder.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["staging", STATUS_FILE]);
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     }
 }

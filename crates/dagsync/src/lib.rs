@@ -387,7 +387,7 @@ async fn sync_loop(
                         last_success_ms: lease::SharedStatus::now_ms(),
                         failing: failing.clone(),
                     };
-                    if let Err(e) = status.write(&own_dir) {
+                    if let Err(e) = status.write(&own_dir, syncer.staging_dir()) {
                         tracing::warn!(error = %e, "cannot record the sync status for the other tasks' health checks");
                     }
                 }

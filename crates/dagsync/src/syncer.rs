@@ -215,6 +215,12 @@ impl Syncer {
         Ok(())
     }
 
+    /// This process's staging folder (locked while it lives, swept once it is dead):
+    /// the place for its temporary files in the destination.
+    pub fn staging_dir(&self) -> &std::path::Path {
+        self.staging.dir()
+    }
+
     /// Files currently tracked.
     pub fn synced_files(&self) -> usize {
         self.state.files.len()
