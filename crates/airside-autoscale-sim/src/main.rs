@@ -169,10 +169,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.policies.clone()
     };
     let mut reports = Vec::new();
+    // Progress on a terminal: a week of demand takes a fraction of a second, a year of a
+    // busy environment under every policy some seconds.
+    let total = traces.len() * policies.len();
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && total > 1;
     for (name, tasks) in &traces {
         for &policy in &policies {
+            if show {
+                eprint!(
+                    "\r[{}/{total}] {name} × {}   ",
+                    reports.len() + 1,
+                    policy.name()
+                );
+            }
             reports.push(simulate(name, tasks, policy, &params, args.seed));
         }
+    }
+    if show {
+        eprintln!("\r[{total}/{total}] done{:30}", "");
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
