@@ -113,6 +113,30 @@ fn describe_failures(failed: &[syncer::FailedObject]) -> String {
     parts.join("; ")
 }
 
+/// The writability probe's file name, before the process id.
+const PROBE_PREFIX: &str = ".probe-";
+
+/// Removes files in `DEST/.dagsync` that only a SIGKILL leaves behind: a writability
+/// probe killed between its write and its removal, and the status file's temporary
+/// file as versions before session 11 named it (`status.json.tmp-PID`, beside the
+/// status file; it now goes through the process's staging folder). Neither is ever
+/// needed after the microseconds it exists; another instance's probe removed mid-way
+/// still counts as written.
+fn sweep_leftovers(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    let old_status_tmp = format!("{}.tmp-", lease::STATUS_FILE);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with(PROBE_PREFIX) || name.starts_with(&old_status_tmp))
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Checks that the destination exists, is a folder and is writable.
 fn check_destination(dest: &Path) -> Result<(), Error> {
     let meta = std::fs::metadata(dest).map_err(|e| {
@@ -128,10 +152,15 @@ fn check_destination(dest: &Path) -> Result<(), Error> {
         )));
     }
     let own = dest.join(keys::OWN_DIR);
-    let probe = own.join(format!(".probe-{}", std::process::id()));
+    let probe = own.join(format!("{PROBE_PREFIX}{}", std::process::id()));
+    sweep_leftovers(&own);
     std::fs::create_dir_all(&own)
         .and_then(|_| std::fs::write(&probe, b""))
-        .and_then(|_| std::fs::remove_file(&probe))
+        .and_then(|_| match std::fs::remove_file(&probe) {
+            // Another instance's sweep took it: it was written, which is what we asked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
         .map_err(|e| {
             Error::Destination(format!(
                 "{} is not writable ({e}); dagsync needs write access to the DAG folder",
@@ -511,5 +540,32 @@ impl Daemon for Dagsync {
 
     async fn run(config: Config, source: Source, shutdown: Shutdown) -> Result<(), Error> {
         run_with(config, source, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_check_removes_what_only_a_sigkill_leaves() {
+        let dest = tempfile::tempdir().unwrap();
+        let own = dest.path().join(keys::OWN_DIR);
+        std::fs::create_dir_all(own.join("dagsync-staging")).unwrap();
+        for f in [
+            ".probe-4242",
+            "status.json.tmp-777",
+            lease::STATUS_FILE,
+            "state.json",
+        ] {
+            std::fs::write(own.join(f), b"x").unwrap();
+        }
+        check_destination(dest.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&own)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dagsync-staging", "state.json", lease::STATUS_FILE]);
     }
 }
