@@ -118,6 +118,8 @@ pub enum Stat {
     Maximum,
     /// `Minimum`.
     Minimum,
+    /// `Average`.
+    Average,
 }
 
 /// One metric's datapoints, in time order.
@@ -138,6 +140,7 @@ impl Series {
     pub fn stat(&self, from: f64, to: f64, now: f64, stat: Stat) -> Option<f64> {
         let start = self.points.partition_point(|p| p.0 < from);
         let mut out: Option<f64> = None;
+        let mut n = 0.0;
         for &(at, v, visible) in &self.points[start..] {
             if at >= to {
                 break;
@@ -145,12 +148,17 @@ impl Series {
             if visible > now {
                 continue;
             }
+            n += 1.0;
             out = Some(out.map_or(v, |o| match stat {
                 Stat::Maximum => o.max(v),
                 Stat::Minimum => o.min(v),
+                Stat::Average => o + v,
             }));
         }
-        out
+        match stat {
+            Stat::Average => out.map(|sum| sum / n),
+            _ => out,
+        }
     }
 
     /// The statistic per period for the `n` periods of `period` seconds ending at `now`

@@ -14,17 +14,28 @@ pub enum PolicyKind {
     /// The reference platform's alarms on `celery.queue_depth`: one worker more above 20
     /// for 2 × 60 s, one fewer below 5 for 5 × 300 s.
     QueueDepth,
+    /// Target tracking at 100 % on capacity reservation: `100 × TaskDemand /
+    /// (worker_concurrency × DesiredTaskCount)`, 100 when both are 0 and 1000 with demand
+    /// but no worker (CloudWatch metric math on metricship's TaskDemand and Container
+    /// Insights' DesiredTaskCount; RunningTaskCount instead counts workers still starting
+    /// as missing, reads 1000 % each minute until they run, and overshoots to the maximum).
+    CapacityTarget,
 }
 
 impl PolicyKind {
     /// Every policy, in report order.
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::Deficit, PolicyKind::QueueDepth];
+    pub const ALL: [PolicyKind; 3] = [
+        PolicyKind::Deficit,
+        PolicyKind::QueueDepth,
+        PolicyKind::CapacityTarget,
+    ];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::Deficit => "deficit",
             PolicyKind::QueueDepth => "queue-depth",
+            PolicyKind::CapacityTarget => "capacity-target",
         }
     }
 }

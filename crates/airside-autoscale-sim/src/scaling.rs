@@ -134,9 +134,56 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Target tracking: the policy is invoked at `now` with the metric at `metric` for a
+    /// target of `target`, while the service wants `current`. The new desired count is
+    /// proportional, `ceil(current × metric / target)`, and at least one more than
+    /// `current` when the metric is above the target (from zero, the proportional rule
+    /// alone would never add anything). AWS documents neither the formula nor the case
+    /// of zero capacity; this is the simulator's assumption, stated in its README.
+    /// Cooldowns as for step scaling.
+    pub fn track(
+        &mut self,
+        metric: f64,
+        target: f64,
+        cooldowns: (f64, f64),
+        now: f64,
+        current: u32,
+    ) -> Option<u32> {
+        let proportional = (f64::from(current) * metric / target).ceil();
+        let wanted = if metric > target {
+            proportional.max(f64::from(current) + 1.0)
+        } else {
+            proportional
+        };
+        let wanted = wanted.clamp(f64::from(self.min), f64::from(self.max)) as i64;
+        let delta = (wanted - i64::from(current)) as i32;
+        let policy = |cooldown| StepPolicy::single(delta, cooldown);
+        match delta.cmp(&0) {
+            std::cmp::Ordering::Greater => self.invoke(&policy(cooldowns.0), 1.0, now, current),
+            std::cmp::Ordering::Less => self.invoke(&policy(cooldowns.1), 1.0, now, current),
+            std::cmp::Ordering::Equal => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_tracking_is_proportional_and_starts_from_zero() {
+        let mut t = Target::new(0, 10);
+        // No workers, demand: the metric's fixed high value adds one.
+        assert_eq!(t.track(1000.0, 100.0, (120.0, 300.0), 0.0, 0), Some(1));
+        // 1 worker at 350 %: four.
+        assert_eq!(t.track(350.0, 100.0, (120.0, 300.0), 200.0, 1), Some(4));
+        // At 50 % with 4: two, and the scale-in cooldown holds the next one.
+        assert_eq!(t.track(50.0, 100.0, (120.0, 300.0), 400.0, 4), Some(2));
+        assert_eq!(t.track(0.0, 100.0, (120.0, 300.0), 500.0, 2), None);
+        assert_eq!(t.track(0.0, 100.0, (120.0, 300.0), 700.0, 2), Some(0));
+        assert_eq!(t.track(100.0, 100.0, (120.0, 300.0), 800.0, 3), None);
+    }
 
     #[test]
     fn the_deficit_steps_add_the_deficit() {
