@@ -296,7 +296,9 @@ impl Tailer {
         }
         let poll = self.settings.poll_interval;
         let every = self.settings.read_interval;
-        let mut next_walk = tokio::time::Instant::now() + self.walk_every();
+        // When the last walk was: the next is due `walk_every()` later, which depends on
+        // what the tailer holds at the time (a file deferred between walks shortens it).
+        let mut last_walk = tokio::time::Instant::now();
         let mut next_housekeeping = tokio::time::Instant::now() + poll;
         let mut next_read = tokio::time::Instant::now();
         let mut last_moved = Instant::now();
@@ -311,13 +313,13 @@ impl Tailer {
             let mut read_all = false;
             // Walk first, so that a file the walk finds is read in this same pass
             // rather than at the next read interval.
-            if self.walk_requested || tokio::time::Instant::now() >= next_walk {
+            if self.walk_requested || tokio::time::Instant::now() >= last_walk + self.walk_every() {
                 let why = if self.walk_requested { "event" } else { "poll" };
                 self.walk_requested = false;
                 self.ensure_watchers();
                 self.walk(why);
                 self.housekeeping().await?;
-                next_walk = tokio::time::Instant::now() + self.walk_every();
+                last_walk = tokio::time::Instant::now();
                 next_housekeeping = tokio::time::Instant::now() + poll;
                 read_all = true;
             } else if tokio::time::Instant::now() >= next_housekeeping {
@@ -369,6 +371,7 @@ impl Tailer {
                 .filter(|due| *due > checked)
                 .min()
                 .map(tokio::time::Instant::from_std);
+            let next_walk = last_walk + self.walk_every();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = crate::sleep_until_some(multiline), if multiline.is_some() => {
