@@ -8,9 +8,11 @@
 //! * [`cluster`]: the ECS worker service, Celery slots, warm shutdown;
 //! * [`cloudwatch`]: datapoints, period statistics, alarms;
 //! * [`scaling`]: step scaling and cooldowns; [`policy`]: the policies and parameters;
-//! * [`sim`]: the replay loop; [`report`]: the summary against the oracle.
+//! * [`sim`]: the replay loop; [`report`]: the summary against the oracle; [`chart`]:
+//!   the run over time, as SVG.
 #![forbid(unsafe_code)]
 
+pub mod chart;
 pub mod cloudwatch;
 pub mod cluster;
 pub mod policy;
@@ -32,6 +34,18 @@ pub fn simulate(
     params: &Params,
     seed: u64,
 ) -> Report {
+    simulate_with_timeline(trace, tasks, policy, params, seed).0
+}
+
+/// [`simulate`], also returning the run minute by minute (for [`chart`]).
+pub fn simulate_with_timeline(
+    trace: &str,
+    tasks: &[Task],
+    policy: PolicyKind,
+    params: &Params,
+    seed: u64,
+) -> (Report, Vec<sim::Minute>) {
     let out = sim::run(tasks, policy, params, seed);
-    report::summarise(trace, policy.name(), tasks, params, &out)
+    let report = report::summarise(trace, policy.name(), tasks, params, &out);
+    (report, out.timeline)
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use airside_autoscale_sim::policy::{Params, PolicyKind};
 use airside_autoscale_sim::synth::{self, Workload};
-use airside_autoscale_sim::{report, simulate, trace};
+use airside_autoscale_sim::{chart, report, simulate_with_timeline, trace};
 use clap::Parser;
 
 /// Replays Airflow demand through metricship's signal and the worker scaling policies.
@@ -72,6 +72,9 @@ struct Args {
     /// Write the synthetic trace(s) as CSV into this folder instead of simulating.
     #[arg(long, env = "AUTOSCALE_SIM_WRITE_TRACES")]
     write_traces: Option<PathBuf>,
+    /// Draw each run over time into this folder, as `TRACE-POLICY.svg`.
+    #[arg(long, env = "AUTOSCALE_SIM_CHART_DIR")]
+    chart_dir: Option<PathBuf>,
     /// Print the reports as JSON (one array) instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -182,7 +185,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     policy.name()
                 );
             }
-            reports.push(simulate(name, tasks, policy, &params, args.seed));
+            let (r, timeline) = simulate_with_timeline(name, tasks, policy, &params, args.seed);
+            if let Some(dir) = &args.chart_dir {
+                std::fs::create_dir_all(dir)?;
+                let guard = if params.protection {
+                    ", with protection"
+                } else {
+                    ""
+                };
+                let title = format!("{name} × {}{guard}", policy.name());
+                let path = dir.join(format!("{name}-{}.svg", policy.name()));
+                chart::draw(&path, &title, &timeline, params.worker_concurrency)?;
+            }
+            reports.push(r);
         }
     }
     if show {
