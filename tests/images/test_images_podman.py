@@ -5,7 +5,8 @@ started by podman with runc, read-only root filesystem, the task definition's us
 hard memory limit, the task definition's environment (placeholders filled in for the
 emulator), and judged healthy by the image's own HEALTHCHECK command. Then each does its
 job against moto on loopback: dagsync syncs, logship ships a file, metricship answers
-StatsD. Each image's size is printed."""
+StatsD, workerguard protects a task it sees in a shared PID namespace through the ECS
+agent stand-in. Each image's size is printed."""
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ def build_image(daemon, tmp_path):
 class Container:
     """One container run as its task definition says, removed at the end."""
 
-    def __init__(self, daemon, task, tag, env, volumes, moto):
+    def __init__(self, daemon, task, tag, env, volumes, moto, extra=()):
         c = containers(taskdef(task))[daemon]
         self.name = f"airside-{daemon}-{uuid.uuid4().hex[:8]}"
         self.memory_mib = c["memory"]
@@ -94,7 +95,7 @@ class Container:
             args += ["-e", f"{k}={v}"]
         for host, path, ro in volumes:
             args += ["-v", f"{host}:{path}:{'ro' if ro else 'rw'}"]
-        podman(*args, tag)
+        podman(*args, *extra, tag)
 
     def inspect(self):
         return json.loads(podman("inspect", self.name).stdout)[0]
@@ -267,3 +268,64 @@ def test_metricship_image_answers_statsd(tmp_path, moto_endpoint):
 
     c.serve(answered)
     assert_only_the_binary("metricship", size)
+
+
+def standin():
+    """The ECS agent stand-in (crates/airside-testkit), as a process: (Popen, uri)."""
+    subprocess.run(["cargo", "build", "-q", "--locked", "-p", "airside-testkit", "--bin", "ecs-agent-standin"],
+                   cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    proc = subprocess.Popen([str(target / "debug" / "ecs-agent-standin")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    assert line.startswith("ECS_AGENT_URI="), line
+    return proc, line.split("=", 1)[1]
+
+
+def test_workerguard_image_protects_a_task_in_a_shared_pid_namespace(tmp_path):
+    """The worker task's PID namespace (pidMode "task") stood for by one the test makes
+    with unshare: its init runs a process titled as Airflow 3's task runner for 6 s. The
+    container joins that namespace, sees the task, protects the task through the stand-in
+    and clears the protection after the idle grace."""
+    tag, size = build_image("workerguard", tmp_path)
+    agent, uri = standin()
+    task_id = f"0199a3f2-7c4e-7d1a-9b2e-{uuid.uuid4().hex[:12]}"
+    ns = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c",
+         f"sleep 2; (exec -a 'airflow worker -- {task_id}' sleep 6) & sleep 120"])
+    try:
+        deadline = time.time() + 10
+        while True:
+            children = Path(f"/proc/{ns.pid}/task/{ns.pid}/children").read_text().split()
+            if children:
+                break
+            assert time.time() < deadline, "the namespace did not start"
+            time.sleep(0.1)
+        env = {**env_of(containers(taskdef("worker"))["workerguard"]),
+               "ECS_AGENT_URI": uri, "WORKERGUARD_IDLE_GRACE": "3s"}
+        c = Container("workerguard", "worker", tag, env, [], "http://127.0.0.1:9",
+                      extra=["--pid", f"ns:/proc/{children[0]}/ns/pid"])
+        base = uri.split("/api/")[0]
+
+        def state():
+            return json.loads(urllib.request.urlopen(f"{base}/_standin/state", timeout=5).read())
+
+        def protected_then_released():
+            deadline = time.time() + 30
+            while len(state()["timeline"]) < 2:
+                assert time.time() < deadline, (state(), c.logs())
+                time.sleep(0.5)
+            s = state()
+            (on_at, on), (off_at, off) = s["timeline"]
+            assert (on, off) == (True, False), s
+            # 6 s of task, then the 3 s grace (and up to a check interval each way).
+            assert 8 <= off_at - on_at <= 12, s
+            assert task_id in c.logs(), c.logs()
+
+        c.serve(protected_then_released)
+    finally:
+        ns.kill()
+        ns.wait()
+        agent.stdin.close()
+        agent.wait(timeout=10)
+    assert_only_the_binary("workerguard", size)

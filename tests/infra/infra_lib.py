@@ -17,7 +17,7 @@ EXAMPLES = INFRA / "examples"
 TASKDEFS = MODULES / "airflow-tasks" / "taskdefs"
 DOCKER = ROOT / "docker"
 TASKS = ("web", "scheduler", "worker")
-SIDECARS = ("dagsync", "logship", "metricship")
+SIDECARS = ("dagsync", "logship", "metricship", "workerguard")
 
 # Plain values: strings without their quotes, blocks as lists of dicts, no comments.
 _OPTIONS = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)

@@ -41,6 +41,7 @@ SAMPLE = {
     "dagsync_image": "registry.example/dagsync:1",
     "logship_image": "registry.example/logship:1",
     "metricship_image": "registry.example/metricship:1",
+    "workerguard_image": "registry.example/workerguard:1",
     "dag_source": "s3://dags/test/",
     "dagsync_max_delete": "25%",
     "efs_file_system_id": "fs-0123abcd",
@@ -131,7 +132,7 @@ def test_terraform_renders_the_same_files():
 EXPECTED_SIDECARS = {
     "web": {"dagsync"},
     "scheduler": {"dagsync", "logship", "metricship"},
-    "worker": {"dagsync", "logship"},
+    "worker": {"dagsync", "logship", "workerguard"},
 }
 
 
@@ -160,6 +161,8 @@ def test_airflow_waits_for_its_sidecars(kind):
             assert depends.pop("logship") == "START", "logship must start first and stop last"
         if "metricship" in EXPECTED_SIDECARS[kind]:
             assert depends.pop("metricship") == "START"
+        if "workerguard" in EXPECTED_SIDECARS[kind]:
+            assert depends.pop("workerguard") == "START", "workerguard watches from the first task on"
         assert depends == {}
         # Time for dagsync's first sync before ECS gives up (Fargate allows up to 120 s).
         assert 60 <= airflow["startTimeout"] <= 120
@@ -214,6 +217,7 @@ DRAIN_VARIABLES = {
     "dagsync": "DAGSYNC_DRAIN_TIMEOUT",
     "logship": "LOGSHIP_DRAIN_TIMEOUT",
     "metricship": "METRICSHIP_DRAIN_TIMEOUT",
+    "workerguard": "WORKERGUARD_DRAIN_TIMEOUT",
 }
 
 
@@ -407,3 +411,20 @@ def test_the_daemons_accept_their_task_definition_environment(kind):
         assert "invalid value" not in result.stderr and result.returncode != 2, f"{name}: {result.stderr}"
         # Nothing listens on the admin port here (1: not ready); 0 only if something does.
         assert result.returncode in (0, 1), f"{name}: exit {result.returncode}: {result.stderr}"
+
+
+def test_the_worker_shares_its_pid_namespace_and_shuts_celery_down_warm():
+    """workerguard sees the worker's task processes (one PID namespace per task, Fargate
+    1.4.0+), Celery alone gets the SIGTERM (dumb-init without setsid) so its warm shutdown
+    runs, for the longest time Fargate allows."""
+    td = taskdef("worker")
+    assert td["pidMode"] == "task"
+    assert "pidMode" not in taskdef("web") and "pidMode" not in taskdef("scheduler")
+    cs = containers(td)
+    worker = cs["airflow-worker"]
+    assert env_of(worker)["DUMB_INIT_SETSID"] == "0"
+    assert worker["stopTimeout"] == 120
+    guard = cs["workerguard"]
+    # ECS sets ECS_AGENT_URI itself; a value here would point workerguard elsewhere.
+    assert "ECS_AGENT_URI" not in env_of(guard)
+    assert guard["mountPoints"] == [] and guard["memoryReservation"] <= 16

@@ -156,7 +156,7 @@ def test_modules_use_resource_star_only_where_iam_requires_it():
 def test_required_vpc_endpoints():
     module = MODULES / "vpc-endpoints"
     default = variables(module / "variables.tf")["interface_services"]["default"]
-    assert set(default) >= {"monitoring", "kinesis-firehose", "logs", "sts", "ecr.api", "ecr.dkr"}
+    assert set(default) >= {"monitoring", "kinesis-firehose", "logs", "sts", "ecr.api", "ecr.dkr", "ecs"}
     (_, _, s3), = resources("aws_vpc_endpoint", module / "main.tf")[:1]
     assert s3["vpc_endpoint_type"] == "Gateway" and s3["service_name"].endswith(".s3")
     assert s3["route_table_ids"] == "${var.route_table_ids}"
@@ -190,7 +190,7 @@ def _conditions(st):
 
 
 def test_sidecar_policies_have_no_wildcards_at_all():
-    for doc in ("dagsync", "logship", "metricship"):
+    for doc in ("dagsync", "logship", "metricship", "workerguard"):
         for st in _statements(doc):
             for action in as_list(st["actions"]):
                 assert "*" not in action, f"{doc}: {action}"
@@ -337,8 +337,20 @@ def test_task_roles_get_exactly_their_sidecars_policies():
     assert got == {
         "web": {"dagsync", "log_reader"},
         "scheduler": {"dagsync", "logship", "metricship"},
-        "worker": {"dagsync", "logship"},
+        "worker": {"dagsync", "logship", "workerguard"},
     }
+
+
+def test_workerguard_protects_only_its_clusters_tasks():
+    """ecs:UpdateTaskProtection and ecs:GetTaskProtection (what the ECS agent calls with
+    the task role for workerguard, and all it calls), on the cluster's tasks only."""
+    (st,) = _statements("workerguard")
+    assert sorted(as_list(st["actions"])) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    (resource,) = as_list(st["resources"])
+    assert resource.endswith(":task/${var.ecs_cluster_name}/*"), resource
+    assert "${data.aws_caller_identity.current.account_id}" in resource
+    # The agent is its only contact: no AWS SDK call in the crate.
+    assert sdk_calls("workerguard") == {}
 
 
 def test_roles_trust_only_this_accounts_service():

@@ -33,7 +33,7 @@ def test_every_top_level_folder_is_mapped():
 
 
 def test_each_main_rs_is_the_shared_entry():
-    for daemon in ("dagsync", "logship", "metricship"):
+    for daemon in ("dagsync", "logship", "metricship", "workerguard"):
         main = (ROOT / "crates" / daemon / "src" / "main.rs").read_text()
         code = [l for l in main.splitlines() if l.strip() and not l.lstrip().startswith("//")]
         assert any("airside_core::daemon::main::<" in l for l in code), main

@@ -176,10 +176,14 @@ class Stack:
         )
         self._spawn("api-server", [str(AIRFLOW), "api-server", "--port", str(self.api_port), "--host", "127.0.0.1"], self.reader_env())
         self._spawn("dag-processor", [str(AIRFLOW), "dag-processor"], self.writer_env())
-        self._spawn("scheduler", [str(AIRFLOW), "scheduler", "--skip-serve-logs"], self.writer_env())
+        self._spawn("scheduler", self.scheduler_argv(), self.writer_env())
         self._spawn("triggerer", [str(AIRFLOW), "triggerer", "--skip-serve-logs"], self.writer_env())
         self.start_logship()
         self.wait_api()
+
+    def scheduler_argv(self) -> list[str]:
+        """How the scheduler (with the LocalExecutor, so its task processes) is started."""
+        return [str(AIRFLOW), "scheduler", "--skip-serve-logs"]
 
     def start_logship(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOGSHIP_"))}
@@ -263,7 +267,7 @@ class Stack:
 
     def restart_writers(self) -> None:
         """Starts the scheduler and logship again (after a kill)."""
-        self._spawn("scheduler", [str(AIRFLOW), "scheduler", "--skip-serve-logs"], self.writer_env())
+        self._spawn("scheduler", self.scheduler_argv(), self.writer_env())
         self.start_logship()
 
     def kill(self, name: str) -> None:

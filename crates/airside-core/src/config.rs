@@ -104,8 +104,13 @@ pub fn flags_without_env(command: &clap::Command) -> Vec<String> {
     missing
 }
 
+/// Variables the platform sets that a flag may read instead of a `<DAEMON>_` one: the
+/// user never writes them, ECS does (`ECS_AGENT_URI`, the task's agent endpoint).
+pub const PLATFORM_VARIABLES: &[&str] = &["ECS_AGENT_URI"];
+
 /// Panics unless every flag of `command` reads an environment variable named with
-/// `prefix` (for example `DAGSYNC_`): each daemon's tests call it.
+/// `prefix` (for example `DAGSYNC_`), or one of [`PLATFORM_VARIABLES`]: each daemon's
+/// tests call it.
 pub fn assert_every_flag_has_env(command: &clap::Command, prefix: &str) {
     let missing = flags_without_env(command);
     assert!(missing.is_empty(), "flags without an env var: {missing:?}");
@@ -113,8 +118,9 @@ pub fn assert_every_flag_has_env(command: &clap::Command, prefix: &str) {
     while let Some(cmd) = commands.pop() {
         for arg in cmd.get_arguments() {
             if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
                 assert!(
-                    env.to_string_lossy().starts_with(prefix),
+                    env.starts_with(prefix) || PLATFORM_VARIABLES.contains(&env.as_ref()),
                     "{env:?} (--{}) lacks the {prefix} prefix",
                     arg.get_id()
                 );

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
@@ -104,25 +104,17 @@ impl TaskMetadata {
 }
 
 async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, MetadataError> {
-    let fail = |reason: String| MetadataError::Request {
-        url: url.to_string(),
-        reason,
-    };
-    let uri: http::Uri = url.parse().map_err(|e| fail(format!("{e}")))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+    let (status, body) = request(http::Method::GET, url, None, Duration::from_secs(5))
         .await
-        .map_err(|_| fail("timed out after 5s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(fail(format!("HTTP {status}")));
+        .map_err(|reason| MetadataError::Request {
+            url: url.to_string(),
+            reason,
+        })?;
+    if !(200..300).contains(&status) {
+        return Err(MetadataError::Request {
+            url: url.to_string(),
+            reason: format!("HTTP {status}"),
+        });
     }
     serde_json::from_slice(&body).map_err(|source| MetadataError::Parse {
         url: url.to_string(),
@@ -130,12 +122,52 @@ async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, Metadata
     })
 }
 
+/// One plain-HTTP request to an endpoint the ECS agent serves inside the task (task
+/// metadata, task protection), with a JSON body when `body` is given: the status and the
+/// whole answer, or why there was none (a bad URL, a refused or dropped connection, no
+/// answer within `timeout`). The agent's endpoints are link-local HTTP, never TLS.
+pub async fn request(
+    method: http::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            // hyper's Display says only "client error (Connect)": the cause says which.
+            match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::convert::Infallible;
 
-    use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 

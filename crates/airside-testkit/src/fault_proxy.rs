@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -7,12 +6,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::server::ServerThread;
 
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,10 +152,8 @@ struct Shared {
 
 /// A fault-injecting HTTP proxy on loopback, running on its own thread until dropped.
 pub struct FaultProxy {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl FaultProxy {
@@ -221,9 +219,6 @@ impl FaultProxy {
         strict_s3: Option<Arc<crate::strict_s3::StrictS3>>,
         strict_api: Option<Arc<crate::strict_api::StrictApi>>,
     ) -> Self {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("proxy addr");
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             rate_ppm: AtomicU32::new((plan.rate.clamp(0.0, 1.0) * 1e6) as u32),
@@ -235,41 +230,17 @@ impl FaultProxy {
             strict_s3,
             strict_api,
         });
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread_shared = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("proxy runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    let (stream, _) = tokio::select! {
-                        _ = &mut stop_rx => return,
-                        a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                    };
-                    let shared = thread_shared.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| handle(shared.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-        });
-        Self {
-            addr,
-            shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        let server = ServerThread::start(
+            "127.0.0.1:0".parse().expect("loopback"),
+            shared.clone(),
+            handle,
+        );
+        Self { shared, server }
     }
 
     /// `http://127.0.0.1:PORT` of the proxy.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Changes the fault rate (0..=1) while running.
@@ -282,17 +253,6 @@ impl FaultProxy {
     /// What the proxy has done so far.
     pub fn stats(&self) -> &FaultStats {
         &self.shared.stats
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -544,6 +504,8 @@ pub(crate) fn cbor_error(code: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
 
     #[tokio::test]

@@ -22,10 +22,13 @@
 //! * [`s3`]: S3 clients for moto, buckets and objects, for the daemons' tests.
 //! * [`metric_contract`]: the check that a daemon's README metrics table and its telemetry
 //!   module name the same metrics, and that no code spells a name outside that module.
+//! * [`EcsAgent`]: a stand-in for the ECS agent's task scale-in protection endpoint,
+//!   with the documented rules and failure answers, and the protection's timeline.
 //! * Small helpers: unique resource names, AWS environment for child processes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod ecs_agent;
 mod empty_root;
 mod fault_proxy;
 mod fuse_mount;
@@ -34,9 +37,11 @@ pub mod metric_contract;
 mod moto;
 mod process;
 pub mod s3;
+mod server;
 mod strict_api;
 mod strict_s3;
 
+pub use ecs_agent::{AgentMode, AgentRequest, EcsAgent, PROTECTION_PATH, agent_uri, protected_at};
 pub use empty_root::{EmptyRoot, dist_binary, dist_dir};
 pub use fault_proxy::{
     ExchangeRewrite, Fault, FaultPlan, FaultProxy, FaultStats, ResponseFix, ResponseRewrite,

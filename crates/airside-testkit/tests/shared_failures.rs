@@ -4,6 +4,8 @@
 //!
 //! metricship has no destination it writes to (its outputs are CloudWatch and stdout),
 //! so "unwritable destination" covers dagsync's DAG folder and logship's state folder.
+//! workerguard calls no AWS endpoint and resolves no name (its ECS agent is an address
+//! ECS gives): bad flags and access denied cover it, access denied as the agent answers it.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 use airside_testkit::{EmptyRoot, Fault, FaultPlan, FaultProxy, Moto, dist_binary, moto};
 
 const DAEMONS: [&str; 3] = ["dagsync", "logship", "metricship"];
+/// Every daemon, for the failures that do not depend on AWS.
+const ALL_DAEMONS: [&str; 4] = ["dagsync", "logship", "metricship", "workerguard"];
 
 /// The flags that make `daemon` start against S3/CloudWatch, with its folders under `dir`
 /// (as seen by the daemon).
@@ -73,7 +77,7 @@ fn code_and_stderr(out: &Output) -> (Option<i32>, String) {
 
 #[test]
 fn a_bad_flag_exits_2_in_every_daemon() {
-    for daemon in DAEMONS {
+    for daemon in ALL_DAEMONS {
         for bad in [
             vec!["--no-such-flag"],
             vec!["--admin-addr", "nowhere"],
@@ -135,6 +139,18 @@ fn access_denied_at_start_exits_3_in_every_daemon() {
     }
     // Each daemon retried before it gave up (the shared policy: 5 consecutive denials).
     assert!(proxy.stats().injected(Fault::AccessDenied) >= 3 * 5);
+
+    // workerguard: the agent answers 403 when the task has no task role.
+    let agent = airside_testkit::EcsAgent::start();
+    agent.set_mode(airside_testkit::AgentMode::NoCredentials);
+    let mut cmd = Command::new(dist_binary("workerguard"));
+    cmd.args(["--admin-addr", "127.0.0.1:0", "--retry-max", "1s"])
+        .env_clear()
+        .env("ECS_AGENT_URI", agent.agent_uri());
+    let (code, err) = code_and_stderr(&finish(cmd));
+    assert_eq!(code, Some(3), "workerguard: {err}");
+    assert!(err.contains("AccessDenied"), "workerguard: {err}");
+    assert_eq!(agent.requests().len(), 5);
 }
 
 #[test]

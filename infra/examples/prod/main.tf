@@ -316,6 +316,9 @@ module "sidecar_iam" {
   remote_logs          = local.remote_logs
   log_kms_key_arns     = [aws_kms_key.airflow.arn]
   metrics_namespace    = "Airflow"
+  # The cluster module.services creates is named var.name (its output would be a cycle:
+  # the services need the task definitions, which need these policies).
+  ecs_cluster_name = var.name
 }
 
 module "airflow_tasks" {
@@ -340,6 +343,7 @@ module "airflow_tasks" {
   dagsync_policy_arn            = module.sidecar_iam.dagsync_policy_arn
   logship_policy_arn            = module.sidecar_iam.logship_policy_arn
   metricship_policy_arn         = module.sidecar_iam.metricship_policy_arn
+  workerguard_policy_arn        = module.sidecar_iam.workerguard_policy_arn
   airflow_log_reader_policy_arn = module.sidecar_iam.airflow_log_reader_policy_arn
   remote_logs                   = local.remote_logs
   log_kms_key_arn               = aws_kms_key.airflow.arn

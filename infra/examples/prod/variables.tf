@@ -48,10 +48,11 @@ variable "log_bucket_name" {
 
 variable "images" {
   type = object({
-    airflow    = string
-    dagsync    = string
-    logship    = string
-    metricship = string
+    airflow     = string
+    dagsync     = string
+    logship     = string
+    metricship  = string
+    workerguard = string
   })
   description = "Image URIs, pinned by digest: Airflow 3 and the sidecars pushed from docker/ (see the README's deployment section)."
 }

@@ -17,7 +17,7 @@ locals {
   sidecar_policies = {
     web       = { dagsync = var.dagsync_policy_arn, log_reader = var.airflow_log_reader_policy_arn }
     scheduler = { dagsync = var.dagsync_policy_arn, logship = var.logship_policy_arn, metricship = var.metricship_policy_arn }
-    worker    = { dagsync = var.dagsync_policy_arn, logship = var.logship_policy_arn }
+    worker    = { dagsync = var.dagsync_policy_arn, logship = var.logship_policy_arn, workerguard = var.workerguard_policy_arn }
   }
   tasks = keys(local.sidecar_policies)
 
@@ -49,6 +49,7 @@ locals {
       dagsync_image                = var.images.dagsync
       logship_image                = var.images.logship
       metricship_image             = var.images.metricship
+      workerguard_image            = var.images.workerguard
       dag_source                   = "s3://${var.dag_bucket_name}/${var.dag_prefix}"
       dagsync_max_delete           = var.dagsync_max_delete
       efs_file_system_id           = var.efs_file_system_id
@@ -174,6 +175,8 @@ resource "aws_ecs_task_definition" "this" {
   task_role_arn            = aws_iam_role.task[each.key].arn
   execution_role_arn       = aws_iam_role.execution.arn
   network_mode             = local.templates[each.key].networkMode
+  # The worker's containers share one PID namespace (workerguard sees the task processes).
+  pid_mode = try(local.templates[each.key].pidMode, null)
   requires_compatibilities = local.templates[each.key].requiresCompatibilities
   cpu                      = tostring(var.task_sizes[each.key].cpu)
   memory                   = tostring(var.task_sizes[each.key].memory)

@@ -10,12 +10,13 @@ variable "environment" {
 
 variable "images" {
   type = object({
-    airflow    = string
-    dagsync    = string
-    logship    = string
-    metricship = string
+    airflow     = string
+    dagsync     = string
+    logship     = string
+    metricship  = string
+    workerguard = string
   })
-  description = "Image URIs (preferably pinned by digest) of Airflow and of the three sidecars built from docker/."
+  description = "Image URIs (preferably pinned by digest) of Airflow and of the four sidecars built from docker/."
 }
 
 variable "ecr_repository_arns" {
@@ -134,6 +135,11 @@ variable "logship_policy_arn" {
 variable "metricship_policy_arn" {
   type        = string
   description = "metricship policy from ../sidecar-iam; attached to the scheduler task role."
+}
+
+variable "workerguard_policy_arn" {
+  type        = string
+  description = "workerguard policy from ../sidecar-iam; attached to the worker task role (task scale-in protection of the worker's own task)."
 }
 
 variable "airflow_log_reader_policy_arn" {

@@ -2,6 +2,7 @@
 # shared by its containers, so each Airflow task role attaches the policies of the
 # sidecars that run in it (see ../airflow-tasks).
 
+data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 data "aws_region" "current" {}
 
@@ -190,6 +191,24 @@ data "aws_iam_policy_document" "airflow_log_reader" {
       }
     }
   }
+}
+
+# workerguard: sets and reads the scale-in protection of its own worker task, through the
+# ECS agent, which calls UpdateTaskProtection and GetTaskProtection with the task role.
+# Both take the task as resource: only the tasks of this cluster.
+data "aws_iam_policy_document" "workerguard" {
+  statement {
+    sid       = "ProtectOwnClusterTasksFromScaleIn"
+    actions   = ["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"]
+    resources = ["arn:${local.partition}:ecs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:task/${var.ecs_cluster_name}/*"]
+  }
+}
+
+resource "aws_iam_policy" "workerguard" {
+  name_prefix = "${var.name}-workerguard-"
+  description = "workerguard: scale-in protection of the tasks of cluster ${var.ecs_cluster_name}"
+  policy      = data.aws_iam_policy_document.workerguard.json
+  tags        = var.tags
 }
 
 resource "aws_iam_policy" "airflow_log_reader" {

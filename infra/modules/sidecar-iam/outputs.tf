@@ -13,12 +13,18 @@ output "metricship_policy_arn" {
   value       = aws_iam_policy.metricship.arn
 }
 
+output "workerguard_policy_arn" {
+  description = "ARN of the workerguard policy; attach it to the worker task role."
+  value       = aws_iam_policy.workerguard.arn
+}
+
 output "policy_documents" {
   description = "The rendered policy documents (JSON), by sidecar, for review."
   value = {
     dagsync    = data.aws_iam_policy_document.dagsync.json
     logship    = data.aws_iam_policy_document.logship.json
-    metricship = data.aws_iam_policy_document.metricship.json
+    metricship  = data.aws_iam_policy_document.metricship.json
+    workerguard = data.aws_iam_policy_document.workerguard.json
   }
 }
 

@@ -62,6 +62,16 @@ variable "log_kms_key_arns" {
   default     = []
 }
 
+variable "ecs_cluster_name" {
+  type        = string
+  description = "Name of the ECS cluster the Airflow tasks run in: workerguard may set and read the scale-in protection of this cluster's tasks only."
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,255}$", var.ecs_cluster_name))
+    error_message = "ecs_cluster_name must be a cluster name (letters, digits, - and _), not an ARN."
+  }
+}
+
 variable "metrics_namespace" {
   type        = string
   description = "CloudWatch namespace metricship publishes to; PutMetricData is allowed in this namespace only."

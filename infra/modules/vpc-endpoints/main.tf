@@ -3,7 +3,9 @@
 # Every AWS API the sidecars and the ECS agent call must have an endpoint here, or the
 # call times out: dagsync -> S3 (gateway), logship -> Firehose, metricship -> CloudWatch
 # (`monitoring`), the awslogs driver -> CloudWatch Logs, image pulls -> ECR API, ECR
-# registry and S3 (layers), credential and web-identity calls -> STS.
+# registry and S3 (layers), credential and web-identity calls -> STS, and the ECS agent's
+# task scale-in protection calls for workerguard -> ECS (the ECS guide: "If a RequestError
+# or RequestTimeout error appears, ... Try using VPC endpoints for Amazon ECS").
 
 data "aws_region" "current" {}
 

@@ -25,8 +25,8 @@ variable "client_security_group_ids" {
 
 variable "interface_services" {
   type        = list(string)
-  description = "Interface endpoints the sidecars and ECS itself need without a NAT gateway: CloudWatch (metricship), Firehose (logship), CloudWatch Logs (awslogs driver), STS, and ECR API + registry (image pulls; layers come through the S3 gateway endpoint)."
-  default     = ["monitoring", "kinesis-firehose", "logs", "sts", "ecr.api", "ecr.dkr"]
+  description = "Interface endpoints the sidecars and ECS itself need without a NAT gateway: CloudWatch (metricship), Firehose (logship), CloudWatch Logs (awslogs driver), STS, ECR API + registry (image pulls; layers come through the S3 gateway endpoint), and ECS (the agent's task scale-in protection calls for workerguard)."
+  default     = ["monitoring", "kinesis-firehose", "logs", "sts", "ecr.api", "ecr.dkr", "ecs"]
 }
 
 variable "additional_interface_services" {

@@ -1,0 +1,180 @@
+"""workerguard beside real Airflow 3.3.2 task processes.
+
+The scheduler (LocalExecutor: its task processes are the worker's) and workerguard run
+together in a PID namespace of their own (`unshare --pid --fork --mount-proc`), as the
+worker task's containers share one with `pidMode: "task"`: workerguard sees exactly
+those processes, Airflow's real process titles among them (the LocalExecutor's pool
+processes, `airflow worker -- LocalExecutor: <idle>`, included). Its ECS agent is the
+test kit's stand-in (`ecs-agent-standin`), whose protection timeline the test reads.
+
+A DAG runs two sleeping tasks side by side (12 s and 24 s): protection must be on within
+5 s of the first start, stay on while either runs, and go off one idle grace after the
+last one ended, not before; workerguard must count exactly the tasks the API says run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from airflow_stack import AIRFLOW, ROOT, Stack, cleanup
+
+GRACE_S = 5
+DAG = "guarded_sleep"
+
+
+def workerguard_binary() -> Path:
+    path = Path(os.environ.get("WORKERGUARD_BIN", ROOT / "dist" / "workerguard"))
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run scripts/build-static (or set WORKERGUARD_BIN)")
+    return path
+
+
+def standin_binary() -> Path:
+    subprocess.run(
+        ["cargo", "build", "-q", "--locked", "-p", "airside-testkit", "--bin", "ecs-agent-standin"],
+        cwd=ROOT, check=True,
+    )
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "debug" / "ecs-agent-standin"
+
+
+class Agent:
+    """The ECS agent stand-in as a process (ends when its stdin closes)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [str(standin_binary())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("ECS_AGENT_URI="), line
+        self.uri = line.split("=", 1)[1]
+        self.base = self.uri.split("/api/")[0]
+
+    def state(self) -> dict:
+        """The stand-in's state, with `started` (its clock's zero, as Unix time) added."""
+        before = time.time()
+        with urllib.request.urlopen(f"{self.base}/_standin/state", timeout=10) as r:
+            s = json.loads(r.read())
+        s["started"] = before - s["now"]
+        return s
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+class GuardedStack(Stack):
+    """The stack with its scheduler and workerguard in one PID namespace."""
+
+    def __init__(self, work: Path, agent_uri: str):
+        super().__init__(work)
+        self.agent_uri = agent_uri
+        self.guard_log = work / "workerguard.log"
+
+    def scheduler_argv(self) -> list[str]:
+        script = (
+            'ECS_AGENT_URI="$3" "$2" --log-format json --admin-addr 127.0.0.1:0 '
+            f'--check-interval 500ms --idle-grace {GRACE_S}s >"$4" 2>&1 & '
+            '"$1" scheduler --skip-serve-logs & wait'
+        )
+        return [
+            "unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+            "bash", "-c", script, "bash",
+            str(AIRFLOW), str(workerguard_binary()), self.agent_uri, str(self.guard_log),
+        ]
+
+    def guard_lines(self) -> list[dict]:
+        out = []
+        for line in self.guard_log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return out
+
+    def guard_metric(self, name: str) -> float | None:
+        addr = next(l["addr"] for l in self.guard_lines() if l.get("message") == "admin server listening")
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.split(" ")[0] == name:
+                    return float(line.split(" ")[1])
+        return None
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    assert AIRFLOW.exists(), f"{AIRFLOW} is missing: run scripts/setup-venv-airflow (scripts/test does)"
+    agent = Agent()
+    work = Path(tempfile.mkdtemp(prefix="airside-workerguard-"))
+    s = GuardedStack(work, agent.uri)
+    try:
+        s.start()
+        yield s, agent
+    finally:
+        s.stop()
+        agent.stop()
+        cleanup(work)
+
+
+def wall(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_protection_follows_real_airflow_tasks(guarded):
+    stack, agent = guarded
+    # Idle: the state was read, nothing protected, the pool processes not counted.
+    deadline = time.time() + 60
+    while not any(l.get("message") == "protection state read" for l in stack.guard_lines()):
+        assert time.time() < deadline, stack.guard_log.read_text()
+        time.sleep(0.5)
+    assert agent.state()["timeline"] == []
+    assert stack.guard_metric("workerguard_running_tasks") == 0.0
+
+    run_id = stack.trigger(DAG)
+    seen_two = False
+    ids = {}
+    deadline = time.time() + 240
+    while True:
+        states = {t: stack.task_instance(DAG, run_id, t) for t in ("short", "long")}
+        running = [t for t, ti in states.items() if ti.get("state") == "running"]
+        for t in running:
+            ids[t] = states[t]["id"]
+        count = stack.guard_metric("workerguard_running_tasks")
+        if len(running) == 2 and count == 2.0:
+            seen_two = True
+        if all(ti.get("state") in ("success", "failed") for ti in states.values()):
+            break
+        assert time.time() < deadline, stack.output("scheduler")[-3000:]
+        time.sleep(0.5)
+    assert all(ti["state"] == "success" for ti in states.values()), states
+    assert seen_two, "workerguard never counted the two running tasks"
+
+    # Off one grace after the last task ended (and the process is gone), not before.
+    first_start = min(wall(ti["start_date"]) for ti in states.values())
+    last_end = max(wall(ti["end_date"]) for ti in states.values())
+    deadline = time.time() + GRACE_S + 20
+    while len(agent.state()["timeline"]) < 2:
+        assert time.time() < deadline, (agent.state(), stack.guard_log.read_text()[-3000:])
+        time.sleep(0.5)
+    s = agent.state()
+    timeline = [(s["started"] + t, on) for t, on in s["timeline"]]
+    assert [on for _, on in timeline] == [True, False], timeline
+    on_at, off_at = timeline[0][0], timeline[1][0]
+    assert first_start - 0.5 <= on_at <= first_start + 5, (first_start, on_at)
+    assert last_end + GRACE_S - 0.5 <= off_at <= last_end + GRACE_S + 10, (last_end, off_at)
+
+    # The log names exactly the task instances the API ran, by their ids.
+    changed = [l for l in stack.guard_lines() if l.get("message") == "running tasks changed"]
+    started = {i for l in changed for i in json.loads(l["started"].replace("'", '"'))}
+    assert started == set(ids.values()), (started, ids)
+    puts = [r for r in s["requests"] if r["method"] == "PUT"]
+    assert all(r["status"] == 200 for r in puts), puts
