@@ -465,8 +465,13 @@ def test_missing_data_never_scales_in():
     for alarm in alarms.values():
         assert alarm["treat_missing_data"] in ("notBreaching", "missing")
     (config,) = _policies()["scale_in"]["step_scaling_policy_configuration"]
-    (step,) = config["step_adjustment"]
-    assert step["scaling_adjustment"] == -1
+    # Only the surplus that lasted the whole window is removed.
+    assert config["metric_aggregation_type"] == "Minimum"
+    (steps,) = [d["step_adjustment"] for d in config["dynamic"]]
+    assert steps["for_each"] == "${range(1, var.scale_in_max_step + 1)}"
+    (content,) = steps["content"]
+    assert content["scaling_adjustment"] == "${-step_adjustment.value}"
+    assert content["metric_interval_upper_bound"] == "${step_adjustment.value == var.scale_in_max_step ? null : step_adjustment.value + 0.5}"
 
 
 def test_scale_in_is_slower_than_scale_out():

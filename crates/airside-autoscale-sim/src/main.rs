@@ -61,6 +61,9 @@ struct Args {
     /// The module's scale_in_cooldown, seconds.
     #[arg(long, env = "AUTOSCALE_SIM_SCALE_IN_COOLDOWN")]
     scale_in_cooldown: Option<u32>,
+    /// The module's scale_in_max_step: most workers one scale-in removes.
+    #[arg(long, env = "AUTOSCALE_SIM_SCALE_IN_MAX_STEP", value_parser = clap::value_parser!(u32).range(1..))]
+    scale_in_max_step: Option<u32>,
     /// Shortest and longest worker start latency, seconds (e.g. `45,90`).
     #[arg(
         long,
@@ -113,6 +116,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             args.scale_in_evaluation_periods,
         ),
         (&mut m.scale_in_cooldown, args.scale_in_cooldown),
+        (&mut m.scale_in_max_step, args.scale_in_max_step),
     ] {
         if let Some(v) = value {
             *field = v;

@@ -57,6 +57,8 @@ pub struct ModuleVars {
     pub scale_out_cooldown: u32,
     /// `scale_in_cooldown`, seconds.
     pub scale_in_cooldown: u32,
+    /// `scale_in_max_step`: most workers one scale-in removes (the surplus, up to this).
+    pub scale_in_max_step: u32,
 }
 
 impl Default for ModuleVars {
@@ -70,6 +72,7 @@ impl Default for ModuleVars {
             scale_in_period: 300,
             scale_out_cooldown: 120,
             scale_in_cooldown: 300,
+            scale_in_max_step: 1,
         }
     }
 }

@@ -54,6 +54,20 @@ impl StepPolicy {
         Self { steps, cooldown }
     }
 
+    /// The shipped scale-in policy: surplus `s` removes `s` workers, at most `max_step`
+    /// (step k covers `[k - 0.5, k + 0.5)`, the first from 0, the last open above).
+    pub fn surplus_scale_in(max_step: u32, cooldown: f64) -> Self {
+        let max = max_step.max(1) as i32;
+        let steps = (1..=max)
+            .map(|k| Step {
+                lower: Some(if k == 1 { 0.0 } else { f64::from(k) - 0.5 }),
+                upper: (k != max).then(|| f64::from(k) + 0.5),
+                adjustment: -k,
+            })
+            .collect();
+        Self { steps, cooldown }
+    }
+
     /// One step of `adjustment` for any breach.
     pub fn single(adjustment: i32, cooldown: f64) -> Self {
         Self {

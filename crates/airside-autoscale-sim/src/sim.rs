@@ -207,7 +207,18 @@ pub fn run(tasks: &[Task], policy: PolicyKind, p: &Params, seed: u64) -> Outcome
                         cluster.set_desired(n, now);
                     }
                 } else if state == State::Alarm {
-                    let delta = worst.map_or(0.0, |w| (w - alarm.spec.threshold).abs());
+                    // The module aggregates the scale-out breach with Maximum (add the
+                    // largest deficit seen) and the scale-in breach with Minimum (remove
+                    // only the surplus that lasted the whole window).
+                    let delta = if is_out || policy != PolicyKind::Deficit {
+                        worst.map_or(0.0, |w| (w - alarm.spec.threshold).abs())
+                    } else {
+                        values
+                            .iter()
+                            .flatten()
+                            .copied()
+                            .fold(f64::INFINITY, f64::min)
+                    };
                     if let Some(n) = target.invoke(&alarm.policy, delta, now, cluster.desired()) {
                         cluster.set_desired(n, now);
                     }
@@ -258,7 +269,10 @@ fn alarms(policy: PolicyKind, p: &Params) -> (Alarm, Alarm) {
                     missing: Missing::NotBreaching,
                 },
                 state: State::InsufficientData,
-                policy: StepPolicy::single(-1, f64::from(m.scale_in_cooldown)),
+                policy: StepPolicy::surplus_scale_in(
+                    m.scale_in_max_step,
+                    f64::from(m.scale_in_cooldown),
+                ),
             },
         ),
         // The alarms target tracking creates, as commonly observed (AWS documents neither):

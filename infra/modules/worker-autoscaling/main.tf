@@ -72,11 +72,18 @@ resource "aws_appautoscaling_policy" "scale_in" {
   step_scaling_policy_configuration {
     adjustment_type         = "ChangeInCapacity"
     cooldown                = var.scale_in_cooldown
-    metric_aggregation_type = "Maximum"
+    metric_aggregation_type = "Minimum"
 
-    step_adjustment {
-      metric_interval_lower_bound = 0
-      scaling_adjustment          = -1
+    # The alarm fires when surplus > 0 for the whole window; surplus s removes s workers,
+    # at most scale_in_max_step: step k covers [k - 0.5, k + 0.5), the last is open above.
+    # Minimum: only the surplus that lasted the whole window.
+    dynamic "step_adjustment" {
+      for_each = range(1, var.scale_in_max_step + 1)
+      content {
+        metric_interval_lower_bound = step_adjustment.value == 1 ? 0 : step_adjustment.value - 0.5
+        metric_interval_upper_bound = step_adjustment.value == var.scale_in_max_step ? null : step_adjustment.value + 0.5
+        scaling_adjustment          = -step_adjustment.value
+      }
     }
   }
 }

@@ -67,6 +67,17 @@ variable "scale_in_cooldown" {
   default     = 300
 }
 
+variable "scale_in_max_step" {
+  type        = number
+  description = "Most workers one scale-in removes: the surplus that lasted the whole scale-in window, up to this many. Above 1 only with workerguard's scale-in protection in the worker task (ECS then stops idle workers only)."
+  default     = 1
+
+  validation {
+    condition     = var.scale_in_max_step >= 1 && floor(var.scale_in_max_step) == var.scale_in_max_step
+    error_message = "scale_in_max_step must be a whole number of at least 1."
+  }
+}
+
 variable "tags" {
   type        = map(string)
   description = "Tags added to every resource."
