@@ -34,9 +34,17 @@ struct Args {
     /// Policies to compare (all by default).
     #[arg(long = "policy", env = "AUTOSCALE_SIM_POLICIES", value_delimiter = ',')]
     policies: Vec<PolicyKind>,
-    /// Workers protect themselves from scale-in while tasks run (workerguard).
-    #[arg(long, env = "AUTOSCALE_SIM_PROTECTION")]
-    protection: bool,
+    /// Workers without scale-in protection (no workerguard in the worker task, which the
+    /// shipped task definition has): ECS may stop a busy worker.
+    #[arg(long, env = "AUTOSCALE_SIM_NO_PROTECTION")]
+    no_protection: bool,
+    /// workerguard's --idle-grace, seconds: protection stays this long after a worker's
+    /// last task.
+    #[arg(long, env = "AUTOSCALE_SIM_IDLE_GRACE", default_value_t = 120)]
+    idle_grace: u64,
+    /// metricship's --flush-interval, seconds: how often DesiredWorkers is published.
+    #[arg(long, env = "AUTOSCALE_SIM_FLUSH_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    flush_interval: u64,
     /// ECS stopTimeout, seconds (Fargate allows at most 120).
     #[arg(long, env = "AUTOSCALE_SIM_STOP_TIMEOUT", default_value_t = 30)]
     stop_timeout: u64,
@@ -97,7 +105,9 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut params = Params {
-        protection: args.protection,
+        protection: !args.no_protection,
+        idle_grace: std::time::Duration::from_secs(args.idle_grace),
+        flush_interval: std::time::Duration::from_secs(args.flush_interval),
         stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
         worker_concurrency: args.concurrency,
         ..Default::default()

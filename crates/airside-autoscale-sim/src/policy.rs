@@ -68,11 +68,11 @@ impl Default for ModuleVars {
             min_capacity: 0,
             max_capacity: 10,
             scale_out_evaluation_periods: 2,
-            scale_in_evaluation_periods: 5,
-            scale_in_period: 300,
+            scale_in_evaluation_periods: 1,
+            scale_in_period: 60,
             scale_out_cooldown: 120,
-            scale_in_cooldown: 300,
-            scale_in_max_step: 1,
+            scale_in_cooldown: 60,
+            scale_in_max_step: 10,
         }
     }
 }
@@ -104,7 +104,8 @@ pub struct Params {
     /// How long after its minute Container Insights' DesiredTaskCount can be read.
     #[serde(with = "secs")]
     pub insights_delay: Duration,
-    /// Whether workers protect themselves from scale-in while tasks run (workerguard).
+    /// Whether workers protect themselves from scale-in while tasks run (workerguard, in
+    /// the shipped worker task definition).
     pub protection: bool,
     /// workerguard's `--idle-grace`: protection stays this long after the last task.
     #[serde(with = "secs")]
@@ -122,7 +123,7 @@ impl Default for Params {
             stop_timeout: Duration::from_secs(30),
             start_latency: (Duration::from_secs(45), Duration::from_secs(90)),
             insights_delay: Duration::from_secs(60),
-            protection: false,
+            protection: true,
             idle_grace: Duration::from_secs(120),
         }
     }

@@ -54,6 +54,46 @@ fn after_an_idle_hour_the_first_worker_starts_within_two_alarm_periods_plus_star
     }
 }
 
+/// The goal of the shipped settings: with workerguard's protection (the worker task
+/// definition runs it) and the module's defaults, no bundled trace loses a task to
+/// scale-in, over a week and three seeds; without protection the same fast scale-in
+/// does kill tasks (so the first half can fail).
+#[test]
+fn the_shipped_policy_with_protection_kills_no_task_on_any_bundled_trace() {
+    let p = Params::default();
+    assert!(p.protection, "the shipped worker task runs workerguard");
+    let mut killed_without = 0;
+    for workload in [
+        Workload::DailyBatch,
+        Workload::Bursts,
+        Workload::Sensors,
+        Workload::Steady,
+    ] {
+        for seed in 1..=3 {
+            let tasks = generate(workload, 7, seed);
+            let r = simulate(workload.name(), &tasks, PolicyKind::Deficit, &p, seed);
+            assert_eq!(r.killed, 0, "{} seed {seed}: {r:?}", workload.name());
+            assert_eq!(r.never_started, 0, "{} seed {seed}", workload.name());
+            let unprotected = Params {
+                protection: false,
+                ..Params::default()
+            };
+            killed_without += simulate(
+                workload.name(),
+                &tasks,
+                PolicyKind::Deficit,
+                &unprotected,
+                seed,
+            )
+            .killed;
+        }
+    }
+    assert!(
+        killed_without > 0,
+        "without protection the fast scale-in should kill tasks, or this test proves nothing"
+    );
+}
+
 /// Runs the binary with `args` (and `path` last); exit code, stdout, stderr.
 fn sim(args: &[&str], path: &std::path::Path) -> (Option<i32>, Vec<u8>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_airside-autoscale-sim"))

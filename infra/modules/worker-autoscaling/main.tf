@@ -7,9 +7,12 @@
 # not; so two step-scaling policies on the difference between the workers wanted
 # (DesiredWorkers) and the workers the service asks for (Container Insights'
 # DesiredTaskCount, a service-level metric):
-#   deficit > 0 for 2 x 60 s  -> add `deficit` workers (from zero too);
-#   surplus > 0 for 5 x 300 s -> remove one worker (slowly: ECS picks which task stops,
-#                                and a busy Celery worker only gets stopTimeout to finish).
+#   deficit > 0 for 2 x 60 s -> add `deficit` workers (from zero too);
+#   surplus > 0 for 1 x 60 s -> remove `surplus` workers (fast, and safe because the
+#                               worker task's workerguard protects every worker that runs
+#                               a task from scale-in: ECS stops idle workers only).
+# The defaults are the best setting the autoscaling simulator found that kills no task
+# (crates/airside-autoscale-sim/README.md has the numbers).
 # When metricship withholds the signal (the scheduler went silent) the expressions have
 # no data, and missing data never scales in: notBreaching.
 
@@ -134,7 +137,7 @@ resource "aws_cloudwatch_metric_alarm" "worker_deficit" {
 
 resource "aws_cloudwatch_metric_alarm" "worker_surplus" {
   alarm_name          = "${var.service_name}-worker-surplus"
-  alarm_description   = "More Celery workers than metricship's DesiredWorkers for a long time: remove one. Missing data never scales in."
+  alarm_description   = "More Celery workers than metricship's DesiredWorkers: remove the surplus (workerguard keeps busy workers protected). Missing data never scales in."
   comparison_operator = "GreaterThanThreshold"
   threshold           = 0
   evaluation_periods  = var.scale_in_evaluation_periods

@@ -45,14 +45,14 @@ variable "scale_out_evaluation_periods" {
 
 variable "scale_in_evaluation_periods" {
   type        = number
-  description = "Consecutive scale_in_period periods with more workers than desired before removing one."
-  default     = 5
+  description = "Consecutive scale_in_period periods with more workers than desired before scaling in. Short because the worker task's workerguard protects busy workers from scale-in (see the README for what each setting costs)."
+  default     = 1
 }
 
 variable "scale_in_period" {
   type        = number
   description = "Length in seconds of one scale-in evaluation period (a multiple of 60)."
-  default     = 300
+  default     = 60
 }
 
 variable "scale_out_cooldown" {
@@ -63,14 +63,14 @@ variable "scale_out_cooldown" {
 
 variable "scale_in_cooldown" {
   type        = number
-  description = "Seconds after a scale-in before the next scale-in."
-  default     = 300
+  description = "Seconds after a scale-in before the next scale-in (Container Insights reports the new desired count about a minute later)."
+  default     = 60
 }
 
 variable "scale_in_max_step" {
   type        = number
-  description = "Most workers one scale-in removes: the surplus that lasted the whole scale-in window, up to this many. Above 1 only with workerguard's scale-in protection in the worker task (ECS then stops idle workers only)."
-  default     = 1
+  description = "Most workers one scale-in removes: the surplus that lasted the whole scale-in window, up to this many. Safe because the worker task's workerguard protects busy workers (ECS then stops idle ones only); without workerguard set 1 and a slow scale-in (5 x 300 s), which still kills tasks longer than stopTimeout."
+  default     = 10
 
   validation {
     condition     = var.scale_in_max_step >= 1 && floor(var.scale_in_max_step) == var.scale_in_max_step
