@@ -20,6 +20,7 @@ values = {
     "airflow_image": "apache/airflow:3.1.0",
     "dagsync_image": "airside/dagsync:demo", "logship_image": "airside/logship:demo",
     "metricship_image": "airside/metricship:demo",
+    "workerguard_image": "airside/workerguard:demo",
     "dag_source": "s3://airflow-dags/demo/", "dagsync_max_delete": "25%",
     "efs_file_system_id": "fs-demo", "efs_access_point_id": "fsap-demo",
     "firehose_stream": "airflow-demo-task-logs",

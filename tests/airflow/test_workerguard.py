@@ -178,3 +178,45 @@ def test_protection_follows_real_airflow_tasks(guarded):
     assert started == set(ids.values()), (started, ids)
     puts = [r for r in s["requests"] if r["method"] == "PUT"]
     assert all(r["status"] == 200 for r in puts), puts
+
+
+# The SQLite form of the trace export in crates/airside-autoscale-sim/README.md (the
+# PostgreSQL form reads the same columns of the same task_instance table).
+EXPORT_SQLITE = """
+SELECT (julianday(queued_dttm) - julianday((SELECT min(queued_dttm) FROM task_instance
+         WHERE start_date IS NOT NULL AND end_date IS NOT NULL))) * 86400 AS queued_at_s,
+       (julianday(end_date) - julianday(start_date)) * 86400 AS duration_s,
+       coalesce(queue, 'default') AS queue,
+       pool
+FROM task_instance
+WHERE queued_dttm IS NOT NULL AND start_date IS NOT NULL AND end_date IS NOT NULL
+ORDER BY queued_dttm
+"""
+
+
+def test_the_metadata_export_is_a_trace_the_simulator_reads(guarded, tmp_path):
+    """The simulator's trace export, run on real Airflow 3.3.2's metadata database after
+    the DAG above ran, gives its two tasks with their run times, and the simulator takes
+    the file."""
+    import csv
+    import sqlite3
+
+    stack, _ = guarded
+    with sqlite3.connect(stack.home / "airflow.db") as db:
+        rows = db.execute(EXPORT_SQLITE).fetchall()
+    by_duration = sorted(r[1] for r in rows)
+    assert len(rows) >= 2, rows
+    # The guarded DAG's tasks sleep 12 s and 24 s (its runner adds start-up time).
+    assert any(12 <= d < 20 for d in by_duration) and any(24 <= d < 32 for d in by_duration), rows
+    trace = tmp_path / "trace.csv"
+    with open(trace, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["queued_at_s", "duration_s", "queue", "pool"])
+        w.writerows(rows)
+    subprocess.run(["cargo", "build", "-q", "--locked", "-p", "airside-autoscale-sim"], cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    done = subprocess.run([str(target / "debug" / "airside-autoscale-sim"), "--trace", str(trace),
+                           "--policy", "deficit", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    assert report["tasks"] == len(rows) and report["killed"] == 0, report

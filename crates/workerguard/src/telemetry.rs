@@ -78,8 +78,8 @@ pub fn state_read(enabled: bool, expires: Option<SystemTime>) {
     metrics::counter!(CALLS_SENT, "call" => "read").increment(1);
     success_now();
     metrics::gauge!(PROTECTED).set(f64::from(u8::from(enabled)));
-    let expires = expires.map(|t| humantime::format_rfc3339_seconds(t).to_string());
-    tracing::info!(protected = enabled, ?expires, "protection state read");
+    let expires = rfc3339(expires);
+    tracing::info!(protected = enabled, %expires, "protection state read");
 }
 
 /// Protection turned on (from off or unknown), for these tasks.
@@ -87,11 +87,11 @@ pub fn protected(tasks: &[String], expires: Option<SystemTime>) {
     metrics::counter!(CALLS_SENT, "call" => "protect").increment(1);
     success_now();
     metrics::gauge!(PROTECTED).set(1.0);
-    let expires = expires.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let expires = rfc3339(expires);
     tracing::info!(
         protected = true,
         ?tasks,
-        ?expires,
+        %expires,
         "task protected from scale-in"
     );
 }
@@ -101,8 +101,8 @@ pub fn renewed(running: usize, expires: Option<SystemTime>) {
     metrics::counter!(CALLS_SENT, "call" => "protect").increment(1);
     success_now();
     metrics::gauge!(PROTECTED).set(1.0);
-    let expires = expires.map(|t| humantime::format_rfc3339_seconds(t).to_string());
-    tracing::debug!(running, ?expires, "protection renewed");
+    let expires = rfc3339(expires);
+    tracing::debug!(running, %expires, "protection renewed");
 }
 
 /// Protection turned off after the idle grace; `last_tasks` are the tasks that ended last.
@@ -148,6 +148,12 @@ pub fn stopping(protected: Option<bool>, running: usize) {
         running,
         "workerguard stopping; protection left as it is (the task is stopping)"
     );
+}
+
+/// The expiry as RFC 3339, or empty when there is none.
+fn rfc3339(at: Option<SystemTime>) -> String {
+    at.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
 }
 
 fn success_now() {
