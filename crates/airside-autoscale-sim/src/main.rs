@@ -83,9 +83,16 @@ struct Args {
     /// Write the synthetic trace(s) as CSV into this folder instead of simulating.
     #[arg(long, env = "AUTOSCALE_SIM_WRITE_TRACES")]
     write_traces: Option<PathBuf>,
-    /// Draw each run over time into this folder, as `TRACE-POLICY.svg`.
+    /// Draw each run over time into this folder, as `TRACE-POLICY.png` (or `.svg`).
     #[arg(long, env = "AUTOSCALE_SIM_CHART_DIR")]
     chart_dir: Option<PathBuf>,
+    /// The charts' file format.
+    #[arg(long, env = "AUTOSCALE_SIM_CHART_FORMAT", default_value = "png", value_parser = ["png", "svg"])]
+    chart_format: String,
+    /// The charts' TrueType font (default: DejaVu Sans or Liberation Sans where the
+    /// distribution puts it).
+    #[arg(long, env = "AUTOSCALE_SIM_CHART_FONT")]
+    chart_font: Option<PathBuf>,
     /// Print the reports as JSON (one array) instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -145,6 +152,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             std::time::Duration::from_secs(lo),
             std::time::Duration::from_secs(hi),
         );
+    }
+    if args.chart_dir.is_some() {
+        chart::load_font(args.chart_font.as_deref())?;
     }
     let traces: Vec<(String, Vec<trace::Task>)> = match &args.trace {
         Some(path) => {
@@ -208,7 +218,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     ""
                 };
                 let title = format!("{name} × {}{guard}", policy.name());
-                let path = dir.join(format!("{name}-{}.svg", policy.name()));
+                let path = dir.join(format!("{name}-{}.{}", policy.name(), args.chart_format));
                 chart::draw(&path, &title, &timeline, params.worker_concurrency)?;
             }
             reports.push(r);
