@@ -210,6 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn the_surplus_steps_remove_the_surplus_up_to_the_maximum_step() {
+        let p = StepPolicy::surplus_scale_in(3, 60.0);
+        assert_eq!(p.adjustment(0.2), Some(-1));
+        assert_eq!(p.adjustment(1.0), Some(-1));
+        assert_eq!(p.adjustment(2.0), Some(-2));
+        assert_eq!(p.adjustment(2.6), Some(-3));
+        assert_eq!(p.adjustment(30.0), Some(-3));
+        let one = StepPolicy::surplus_scale_in(1, 60.0);
+        assert_eq!(one.adjustment(7.0), Some(-1));
+        let mut t = Target::new(0, 10);
+        assert_eq!(t.invoke(&p, 2.0, 0.0, 5), Some(3));
+        // The cooldown blocks the next one, not one after it.
+        assert_eq!(t.invoke(&p, 2.0, 59.0, 3), None);
+        assert_eq!(t.invoke(&p, 5.0, 60.0, 3), Some(0));
+    }
+
+    #[test]
     fn a_scale_out_cooldown_counts_what_was_added() {
         let p = StepPolicy::deficit_scale_out(10, 120.0);
         let mut t = Target::new(0, 10);
