@@ -8,15 +8,19 @@ processes, `airflow worker -- LocalExecutor: <idle>`, included). Its ECS agent i
 test kit's stand-in (`ecs-agent-standin`), whose protection timeline the test reads.
 
 A DAG runs two sleeping tasks side by side (12 s and 24 s): protection must be on within
-5 s of the first start, stay on while either runs, and go off one idle grace after the
-last one ended, not before; workerguard must count exactly the tasks the API says run.
+5 s of the first task runner taking its title (watched in /proc by the test; the API's
+start_date comes earlier, by seconds of Airflow's own start-up under load), stay on while
+either runs, and go off one idle grace after the last runner was gone, not before;
+workerguard must count exactly the tasks the API says run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import threading
 import tempfile
 import time
 import urllib.request
@@ -129,6 +133,38 @@ def wall(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+RUNNER = re.compile(rb"airflow worker -- [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\x00*")
+
+
+class RunnerWatch(threading.Thread):
+    """Watches the host's /proc (which shows the namespace's processes too) every 50 ms
+    for Airflow 3 task runners: when each title first appeared and when it was last seen.
+    The task instance's start_date is stamped by the API before its runner process takes
+    its title (seconds earlier under load); workerguard's latency counts from the title."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.first: dict[bytes, float] = {}
+        self.last: dict[bytes, float] = {}
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            now = time.time()
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        title = f.read(200)
+                except OSError:
+                    continue
+                if RUNNER.fullmatch(title):
+                    self.first.setdefault(title, now)
+                    self.last[title] = now
+            time.sleep(0.05)
+
+
 def test_protection_follows_real_airflow_tasks(guarded):
     stack, agent = guarded
     # Idle: the state was read, nothing protected, the pool processes not counted.
@@ -139,6 +175,8 @@ def test_protection_follows_real_airflow_tasks(guarded):
     assert agent.state()["timeline"] == []
     assert stack.guard_metric("workerguard_running_tasks") == 0.0
 
+    watch = RunnerWatch()
+    watch.start()
     run_id = stack.trigger(DAG)
     seen_two = False
     ids = {}
@@ -165,12 +203,23 @@ def test_protection_follows_real_airflow_tasks(guarded):
     while len(agent.state()["timeline"]) < 2:
         assert time.time() < deadline, (agent.state(), stack.guard_log.read_text()[-3000:])
         time.sleep(0.5)
+    watch.stop.set()
+    watch.join()
     s = agent.state()
     timeline = [(s["started"] + t, on) for t, on in s["timeline"]]
     assert [on for _, on in timeline] == [True, False], timeline
     on_at, off_at = timeline[0][0], timeline[1][0]
-    assert first_start - 0.5 <= on_at <= first_start + 5, (first_start, on_at)
-    assert last_end + GRACE_S - 0.5 <= off_at <= last_end + GRACE_S + 10, (last_end, off_at)
+    # Two runners, titled by the two task instance ids.
+    assert len(watch.first) == 2, watch.first
+    titled = min(watch.first.values())
+    gone = max(watch.last.values())
+    # On within 5 s of the first runner's title (a check is 0.5 s), never before the task.
+    assert first_start - 0.5 <= on_at <= titled + 5, (first_start, titled, on_at)
+    # Off one grace after the last runner was gone, not before: the watch last saw it
+    # before it ended, and workerguard's grace counts from its first scan without it
+    # (0.5 s: the stand-in's clock is read across one HTTP request).
+    assert gone + GRACE_S - 0.5 <= off_at <= gone + GRACE_S + 5, (gone, off_at)
+    assert off_at >= last_end + GRACE_S - 0.5, (last_end, off_at)
 
     # The log names exactly the task instances the API ran, by their ids.
     changed = [l for l in stack.guard_lines() if l.get("message") == "running tasks changed"]
