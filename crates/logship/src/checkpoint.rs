@@ -202,6 +202,11 @@ impl Ledger {
         self.committed.notified().await;
     }
 
+    /// Whether `id` has an entry.
+    pub fn knows(&self, id: u64) -> bool {
+        self.lock().files.contains_key(&id)
+    }
+
     /// The committed offset of file `id`.
     pub fn committed(&self, id: u64) -> Option<u64> {
         self.lock().files.get(&id).map(|t| t.entry.offset)

@@ -25,6 +25,9 @@ pub struct Chunk {
     pub raw: Vec<u8>,
     /// The file's metadata (path, Airflow fields).
     pub meta: Arc<FileMeta>,
+    /// Cut from the forward input's disk buffer (container output), not from a file:
+    /// `file` is then a buffer segment's id.
+    pub forwarded: bool,
 }
 
 impl Chunk {

@@ -40,7 +40,8 @@ pub struct ShipArgs {
     /// Where records go: firehose:STREAM, s3://BUCKET/PREFIX, airflow-s3://BUCKET/PREFIX
     /// (Airflow's remote-log layout; the API server's remote_base_log_folder) or stdout.
     /// Repeatable.
-    #[arg(long = "output", env = "LOGSHIP_OUTPUT", value_delimiter = ',', required = true, value_parser = parse_output)]
+    /// Outputs named by a FireLens configuration (--firelens-config) come on top.
+    #[arg(long = "output", env = "LOGSHIP_OUTPUT", value_delimiter = ',', value_parser = parse_output)]
     pub outputs: Vec<OutputSpec>,
     /// Directory of the checkpoint file; must outlive the container (a task or EFS volume).
     #[arg(long, env = "LOGSHIP_STATE_DIR", default_value = "/var/lib/logship")]
@@ -108,6 +109,86 @@ pub struct ShipArgs {
     /// they are uploaded before the flush interval.
     #[arg(long, env = "LOGSHIP_AIRFLOW_MAX_BUFFERED", default_value = "8MiB", value_parser = parse_bytes)]
     pub airflow_max_buffered: u64,
+    /// Receive container output over the Fluentd forward protocol: logship as the task's
+    /// FireLens log router (the socket, the TCP port and the health check port below).
+    #[arg(long, env = "LOGSHIP_FORWARD", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub forward: bool,
+    /// The forward protocol's unix socket (FireLens' log driver writes here); empty: none.
+    #[arg(
+        long,
+        env = "LOGSHIP_FORWARD_SOCKET",
+        default_value = "/var/run/fluent.sock"
+    )]
+    pub forward_socket: String,
+    /// The forward protocol's TCP address (fluent loggers in the task, UDP heartbeats on
+    /// the same port); empty: none.
+    #[arg(
+        long,
+        env = "LOGSHIP_FORWARD_LISTEN",
+        default_value = "127.0.0.1:24224"
+    )]
+    pub forward_listen: String,
+    /// The TCP port the router's health check connects to; empty: none.
+    #[arg(long, env = "LOGSHIP_FORWARD_HEALTH", default_value = "127.0.0.1:8877")]
+    pub forward_health: String,
+    /// The configuration file the ECS agent generates for the log router; read when it
+    /// exists, so containers' awsfirelens log options route their records.
+    #[arg(
+        long,
+        env = "LOGSHIP_FIRELENS_CONFIG",
+        default_value = "/fluent-bit/etc/fluent-bit.conf"
+    )]
+    pub firelens_config: PathBuf,
+    /// Disk buffer of the forward input: received records are written here before they
+    /// are acknowledged, and replayed after a restart.
+    #[arg(
+        long,
+        env = "LOGSHIP_BUFFER_DIR",
+        default_value = "/var/lib/logship/buffer"
+    )]
+    pub buffer_dir: PathBuf,
+    /// Cap of the disk buffer; when it is full, connections are not read (backpressure).
+    #[arg(long, env = "LOGSHIP_BUFFER_MAX_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
+    pub buffer_max_bytes: u64,
+    /// After SIGTERM the forward input stays open until nothing arrived for this long
+    /// (the application containers' last lines come after the router's SIGTERM), or
+    /// until half of --drain-timeout is gone.
+    #[arg(long, env = "LOGSHIP_FORWARD_QUIET", default_value = "2s", value_parser = parse_duration)]
+    pub forward_quiet: Duration,
+    /// Forward-protocol connections served at once (each holds at most one frame).
+    #[arg(long, env = "LOGSHIP_FORWARD_MAX_CONNECTIONS", default_value_t = 64)]
+    pub forward_max_connections: usize,
+}
+
+/// The forward input, when on.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// The unix socket.
+    pub socket: Option<PathBuf>,
+    /// The TCP address.
+    pub listen: Option<SocketAddr>,
+    /// The health check address.
+    pub health: Option<SocketAddr>,
+    /// The disk buffer.
+    pub buffer_dir: PathBuf,
+    /// Its cap.
+    pub buffer_max_bytes: u64,
+    /// Quiet time that ends the linger after SIGTERM.
+    pub quiet: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// The FireLens configuration, when the file exists.
+    pub firelens: Option<crate::input::forward::firelens::Firelens>,
+}
+
+fn optional_addr(flag: &str, text: &str) -> Result<Option<SocketAddr>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    airside_core::config::parse_socket_addr(text)
+        .map(Some)
+        .map_err(|e| format!("--{flag} {text:?}: {e}"))
 }
 
 /// One output destination.
@@ -229,13 +310,79 @@ pub struct Config {
     pub airflow_compact_after: Duration,
     /// Memory bound of the Airflow layout's waiting bytes.
     pub airflow_max_buffered: u64,
+    /// The forward input, when on.
+    pub forward: Option<ForwardConfig>,
 }
 
 impl Config {
+    /// Every output: the flags' first (in order; files go to these), then those a FireLens
+    /// configuration names that the flags do not, each with its own region if it has one.
+    pub fn all_outputs(&self) -> Vec<(OutputSpec, Option<String>)> {
+        let mut all: Vec<(OutputSpec, Option<String>)> =
+            self.outputs.iter().map(|o| (o.clone(), None)).collect();
+        if let Some(f) = self.forward.as_ref().and_then(|f| f.firelens.as_ref()) {
+            for t in f.routes.iter().filter_map(|r| r.target.as_ref()) {
+                let known = all
+                    .iter()
+                    .any(|(o, region)| *o == t.spec && (region.is_none() || *region == t.region));
+                if !known {
+                    all.push((t.spec.clone(), t.region.clone()));
+                }
+            }
+        }
+        all
+    }
+
     /// Validates the flags. Errors read as instructions.
     pub fn from_args(args: ShipArgs) -> Result<Self, String> {
-        if args.paths.iter().all(|p| p.trim().is_empty()) {
-            return Err("--path needs at least one glob".into());
+        let mut args = args;
+        args.paths.retain(|p| !p.trim().is_empty());
+        if args.paths.is_empty() && !args.forward {
+            return Err(
+                "--path needs at least one glob (or turn on --forward and leave it empty)".into(),
+            );
+        }
+        let forward = match args.forward {
+            false => None,
+            true => {
+                let socket = Some(args.forward_socket.trim())
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from);
+                let listen = optional_addr("forward-listen", &args.forward_listen)?;
+                let health = optional_addr("forward-health", &args.forward_health)?;
+                if socket.is_none() && listen.is_none() {
+                    return Err("--forward needs --forward-socket or --forward-listen".into());
+                }
+                if args.forward_max_connections == 0 {
+                    return Err("--forward-max-connections must be above zero".into());
+                }
+                if args.buffer_max_bytes < crate::input::forward::buffer::SEGMENT_BYTES {
+                    return Err(format!(
+                        "--buffer-max-bytes must be at least one segment ({} bytes)",
+                        crate::input::forward::buffer::SEGMENT_BYTES
+                    ));
+                }
+                let firelens =
+                    crate::input::forward::firelens::Firelens::load(&args.firelens_config)
+                        .map_err(|e| e.to_string())?;
+                Some(ForwardConfig {
+                    socket,
+                    listen,
+                    health,
+                    buffer_dir: args.buffer_dir.clone(),
+                    buffer_max_bytes: args.buffer_max_bytes,
+                    quiet: args.forward_quiet,
+                    max_connections: args.forward_max_connections,
+                    firelens,
+                })
+            }
+        };
+        let firelens_outputs = forward
+            .as_ref()
+            .and_then(|f| f.firelens.as_ref())
+            .is_some_and(|f| f.routes.iter().any(|r| r.target.is_some()));
+        if args.outputs.is_empty() && !firelens_outputs {
+            return Err("no output: give --output (LOGSHIP_OUTPUT), or run as a FireLens router whose containers' log options name outputs".into());
         }
         if args.firehose_record_size == 0
             || args.firehose_record_size > output::firehose::MAX_RECORD_BYTES as u64
@@ -322,6 +469,7 @@ impl Config {
             airflow_flush_interval: args.airflow_flush_interval,
             airflow_compact_after: args.airflow_compact_after,
             airflow_max_buffered: args.airflow_max_buffered,
+            forward,
         })
     }
 }
@@ -376,7 +524,12 @@ mod tests {
         use airside_core::daemon::parse_without_env;
         let cli: Cli = parse_without_env(&["logship", "healthcheck"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Healthcheck { .. })));
-        assert!(parse_without_env::<Cli>(&["logship"]).is_err());
+        let bare: Cli = parse_without_env(&["logship"]).unwrap();
+        assert!(
+            Config::from_args(bare.args)
+                .unwrap_err()
+                .contains("no output")
+        );
         let cli: Cli = parse_without_env(&["logship", "--output", "stdout"]).unwrap();
         let config = Config::from_args(cli.args).unwrap();
         assert_eq!(config.paths, vec!["/opt/airflow/logs/**/*.log"]);

@@ -68,6 +68,9 @@ pub enum Error {
     /// The tailer stopped.
     #[error(transparent)]
     Tail(#[from] TailError),
+    /// The forward input could not start (its listeners, its buffer).
+    #[error(transparent)]
+    Forward(#[from] input::forward::ForwardError),
     /// The drain after SIGTERM did not finish in time.
     #[error("{0}; what was not delivered will be sent again from the checkpoint at the next start")]
     Drain(#[from] DrainTimedOut),
@@ -84,6 +87,8 @@ impl HasExitCode for Error {
             Error::Aws(e) => e.exit_code(),
             Error::Tail(TailError::Glob { .. }) => ExitCode::Usage,
             Error::State(_) => ExitCode::Destination,
+            Error::Forward(input::forward::ForwardError::Listen(_)) => ExitCode::Usage,
+            Error::Forward(input::forward::ForwardError::Buffer(_)) => ExitCode::Destination,
             Error::Output(e) => e.class.exit_code(),
             Error::Tail(_) | Error::Drain(_) | Error::Internal(_) => ExitCode::Other,
         }
@@ -117,7 +122,8 @@ pub struct Clients {
 impl Clients {
     /// Builds the clients `config`'s outputs need from the environment's AWS settings.
     pub async fn from_env(config: &Config) -> Result<Self, AwsSetupError> {
-        let wants = |f: fn(&OutputSpec) -> bool| config.outputs.iter().any(f);
+        let all = config.all_outputs();
+        let wants = |f: fn(&OutputSpec) -> bool| all.iter().any(|(o, _)| f(o));
         let wants_firehose = wants(|o| matches!(o, OutputSpec::Firehose { .. }));
         let wants_s3 = wants(|o| matches!(o, OutputSpec::S3 { .. } | OutputSpec::AirflowS3 { .. }));
         if !wants_firehose && !wants_s3 {
@@ -168,6 +174,21 @@ impl Daemon for Logship {
 pub async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result<(), Error> {
     let (ledger, restored) = Ledger::open(&config.state_dir, config.outputs.len())?;
     let ledger = Arc::new(ledger);
+    let forward = match &config.forward {
+        Some(f) => Some(
+            input::forward::Bound::open(
+                &f.buffer_dir,
+                config.all_outputs().len(),
+                f.buffer_max_bytes,
+                f.socket.as_deref(),
+                f.listen,
+                f.health,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let buffer_ledger = forward.as_ref().map(|f| f.ledger.clone());
     let unreadable = input::files::Unreadable::default();
     let report = unreadable.clone();
     let readiness = Readiness::new("checking outputs").with_detail(move || report.describe());
@@ -181,15 +202,20 @@ pub async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result
             restored,
             readiness,
             unreadable,
+            forward,
         ))
         .await;
     // Whatever happened, keep what was acknowledged.
-    if let Err(e) = ledger.persist() {
-        tracing::error!(error = %e, "cannot write the final checkpoint");
+    for l in std::iter::once(&ledger).chain(buffer_ledger.as_ref()) {
+        if let Err(e) = l.persist() {
+            tracing::error!(error = %e, "cannot write the final checkpoint");
+        }
     }
     result
 }
 
+// One call site; the arguments are the pieces run() set up before the admin server.
+#[allow(clippy::too_many_arguments)]
 async fn run_inner(
     args: Config,
     clients: Clients,
@@ -198,6 +224,7 @@ async fn run_inner(
     restored: Vec<checkpoint::Entry>,
     readiness: Readiness,
     unreadable: input::files::Unreadable,
+    forward: Option<input::forward::Bound>,
 ) -> Result<(), Error> {
     let ecs = match TaskMetadata::from_env().await {
         Some(Ok(md)) => Some(md),
@@ -212,16 +239,27 @@ async fn run_inner(
             "an {what} output is configured but no {what} client was given"
         ))
     };
+    let buffer_ledger = forward.as_ref().map(|f| f.ledger.clone());
+    let all_outputs = args.all_outputs();
     let mut outputs = Vec::new();
-    for (index, spec) in args.outputs.iter().enumerate() {
-        let acker = Acker::new(ledger.clone(), index);
+    for (index, (spec, region)) in all_outputs.iter().enumerate() {
+        let acker = Acker::new(ledger.clone(), index).with_buffer(buffer_ledger.clone());
         let out = match spec {
             OutputSpec::Stdout => Some(Output::Stdout(output::stdout::StdoutOutput::new(acker))),
             OutputSpec::Firehose { stream } => {
-                let client = clients
+                let mut client = clients
                     .firehose
                     .clone()
                     .ok_or_else(|| missing("firehose"))?;
+                if let Some(region) = region {
+                    // A FireLens output's own region (its log option `region`).
+                    let conf = client
+                        .config()
+                        .to_builder()
+                        .region(aws_config::Region::new(region.clone()))
+                        .build();
+                    client = aws_sdk_firehose::Client::from_conf(conf);
+                }
                 output::firehose::FirehoseOutput::connect(
                     client,
                     stream,
@@ -234,7 +272,15 @@ async fn run_inner(
                 .map(Output::Firehose)
             }
             OutputSpec::S3 { bucket, prefix } => {
-                let client = clients.s3.clone().ok_or_else(|| missing("s3"))?;
+                let mut client = clients.s3.clone().ok_or_else(|| missing("s3"))?;
+                if let Some(region) = region {
+                    let conf = client
+                        .config()
+                        .to_builder()
+                        .region(aws_config::Region::new(region.clone()))
+                        .build();
+                    client = aws_sdk_s3::Client::from_conf(conf);
+                }
                 let settings = output::s3::S3Settings {
                     bucket: bucket.clone(),
                     prefix: prefix.clone(),
@@ -275,7 +321,7 @@ async fn run_inner(
         }
     }
     readiness.set_ready();
-    tracing::info!(outputs = outputs.len(), paths = ?args.paths, "ready; following logs");
+    tracing::info!(outputs = outputs.len(), paths = ?args.paths, forward = forward.is_some(), "ready; following logs");
 
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
@@ -283,6 +329,33 @@ async fn run_inner(
         let (tx, rx) = mpsc::channel(output::CHANNEL_CAPACITY);
         senders.push(tx);
         tasks.push(tokio::spawn(out.run(rx)));
+    }
+    // The forward input feeds every output; files only the flags' outputs (FireLens
+    // outputs take container output only).
+    let forwarding = match (forward, &args.forward) {
+        (Some(bound), Some(fc)) => {
+            let settings = forward_settings(&args, fc, ecs.as_ref());
+            let router = router(&args, fc);
+            let buffer_checkpointer_stop = Shutdown::new();
+            let buffer_checkpointer = tokio::spawn(checkpoint::write_loop(
+                bound.ledger.clone(),
+                buffer_checkpointer_stop.clone(),
+            ));
+            let task = tokio::spawn(input::forward::run(
+                settings,
+                bound.listeners,
+                bound.buffer,
+                router,
+                senders.clone(),
+                shutdown.clone(),
+            ));
+            Some((task, buffer_checkpointer, buffer_checkpointer_stop))
+        }
+        _ => None,
+    };
+    senders.truncate(args.outputs.len());
+    if args.paths.is_empty() {
+        senders.clear();
     }
     let tailer = Tailer::new(
         TailSettings {
@@ -314,8 +387,25 @@ async fn run_inner(
     ));
 
     let tail_token = shutdown.clone();
+    let files_on = !args.paths.is_empty();
     let work = async move {
-        let tailed = tailer.run(tail_token).await;
+        let tailed = if files_on {
+            tailer.run(tail_token).await
+        } else {
+            drop(tailer);
+            Ok(())
+        };
+        let mut forward_err = None;
+        if let Some((task, checkpointer, stop)) = forwarding {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => forward_err = Some(Error::Forward(e.into())),
+                Err(e) => forward_err = Some(Error::Internal(e.to_string())),
+            }
+            // The outputs' last acknowledgements are persisted at the end of run().
+            stop.cancel();
+            let _ = checkpointer.await;
+        }
         // The tailer dropped its senders: outputs flush and end. Their errors say more
         // than the tailer's "an output stopped".
         let mut first_err: Option<Error> = None;
@@ -329,6 +419,9 @@ async fn run_inner(
                     first_err.get_or_insert(Error::Internal(e.to_string()));
                 }
             }
+        }
+        if let Some(e) = forward_err {
+            first_err.get_or_insert(e);
         }
         match (first_err, tailed) {
             (Some(e), _) => Err(e),
@@ -352,6 +445,65 @@ async fn run_inner(
     checkpointer_stop.cancel();
     let _ = checkpointer.await;
     result
+}
+
+fn forward_settings(
+    args: &Config,
+    fc: &config::ForwardConfig,
+    ecs: Option<&TaskMetadata>,
+) -> input::forward::ForwardSettings {
+    // The task's fields: as FireLens' record_modifier adds them when its file says so,
+    // else from the task metadata endpoint under logship's usual names.
+    let fields = match &fc.firelens {
+        Some(f) if !f.fields.is_empty() => f.fields.clone(),
+        _ => ecs
+            .map(|md| {
+                [
+                    ("ecs_cluster", &md.cluster),
+                    ("ecs_task_arn", &md.task_arn),
+                    ("ecs_family", &md.family),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+            })
+            .unwrap_or_default(),
+    };
+    input::forward::ForwardSettings {
+        limits: input::forward::frame::Limits::default(),
+        multiline_timeout: args.multiline_timeout,
+        quiet: fc.quiet,
+        linger_max: args.drain_timeout / 2,
+        max_connections: fc.max_connections,
+        fields,
+    }
+}
+
+fn router(args: &Config, fc: &config::ForwardConfig) -> input::forward::Router {
+    let all = args.all_outputs();
+    // Without a FireLens route, container records go to the flags' outputs that take
+    // records (airflow-s3 takes task log files only).
+    let default = all
+        .iter()
+        .enumerate()
+        .map(|(i, (o, _))| i < args.outputs.len() && !matches!(o, OutputSpec::AirflowS3 { .. }))
+        .collect();
+    let firelens = fc.firelens.as_ref().map(|f| {
+        let targets = f
+            .routes
+            .iter()
+            .map(|r| {
+                r.target.as_ref().and_then(|t| {
+                    all.iter().position(|(o, region)| {
+                        *o == t.spec && (region.is_none() || *region == t.region)
+                    })
+                })
+            })
+            .collect();
+        (f.clone(), targets)
+    });
+    input::forward::Router::new(all.len(), default, firelens)
 }
 
 /// Sleeps until `deadline`, or forever when there is none (a `select!` branch that

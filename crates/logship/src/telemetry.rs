@@ -69,6 +69,25 @@ pub const AIRFLOW_OBJECTS: &str = "logship_airflow_objects";
 /// Gauge: bytes waiting for their upload to the Airflow layout.
 pub const AIRFLOW_BUFFERED_BYTES: &str = "logship_airflow_buffered_bytes";
 
+/// Gauge: forward-protocol connections open.
+pub const FORWARD_CONNECTIONS: &str = "logship_forward_connections";
+/// Counter: forward-protocol events received.
+pub const FORWARD_EVENTS_TOTAL: &str = "logship_forward_events_total";
+/// Counter: forward-protocol frames refused (the connection is closed) (labels: `reason` = `too_large`, `invalid`).
+pub const FORWARD_FRAMES_REFUSED_TOTAL: &str = "logship_forward_frames_refused_total";
+/// Counter: acks sent, each after its records were written to the buffer.
+pub const FORWARD_ACKS_TOTAL: &str = "logship_forward_acks_total";
+/// Counter: seconds connections waited for room in the queue to the buffer (not read meanwhile).
+pub const FORWARD_BACKPRESSURE_SECONDS_TOTAL: &str = "logship_forward_backpressure_seconds_total";
+/// Gauge: bytes in the disk buffer's segments.
+pub const FORWARD_BUFFER_BYTES: &str = "logship_forward_buffer_bytes";
+/// Counter: seconds the buffer writer waited because the buffer was full (`--buffer-max-bytes`).
+pub const FORWARD_BUFFER_FULL_SECONDS_TOTAL: &str = "logship_forward_buffer_full_seconds_total";
+/// Counter: bytes of torn or corrupt buffer blocks skipped (a kill during a write).
+pub const FORWARD_BUFFER_TORN_BYTES_TOTAL: &str = "logship_forward_buffer_torn_bytes_total";
+/// Counter: failed writes to the buffer (retried).
+pub const FORWARD_BUFFER_WRITE_ERRORS_TOTAL: &str = "logship_forward_buffer_write_errors_total";
+
 /// Every name above, for the contract test.
 pub const ALL: &[&str] = &[
     BYTES_READ_TOTAL,
@@ -99,6 +118,15 @@ pub const ALL: &[&str] = &[
     AIRFLOW_FILES,
     AIRFLOW_OBJECTS,
     AIRFLOW_BUFFERED_BYTES,
+    FORWARD_CONNECTIONS,
+    FORWARD_EVENTS_TOTAL,
+    FORWARD_FRAMES_REFUSED_TOTAL,
+    FORWARD_ACKS_TOTAL,
+    FORWARD_BACKPRESSURE_SECONDS_TOTAL,
+    FORWARD_BUFFER_BYTES,
+    FORWARD_BUFFER_FULL_SECONDS_TOTAL,
+    FORWARD_BUFFER_TORN_BYTES_TOTAL,
+    FORWARD_BUFFER_WRITE_ERRORS_TOTAL,
 ];
 
 // --- the files input ---------------------------------------------------------------------
@@ -323,6 +351,73 @@ pub fn checkpoint_write_failed(error: &dyn Display) {
 /// Seconds since the checkpoint file was last written.
 pub fn checkpoint_age(age: Duration) {
     metrics::gauge!(CHECKPOINT_AGE_SECONDS).set(age.as_secs_f64());
+}
+
+// --- the forward input ---------------------------------------------------------------------
+
+/// A forward-protocol connection opened.
+pub fn forward_connection_opened() {
+    metrics::gauge!(FORWARD_CONNECTIONS).increment(1.0);
+}
+
+/// A forward-protocol connection closed.
+pub fn forward_connection_closed() {
+    metrics::gauge!(FORWARD_CONNECTIONS).decrement(1.0);
+}
+
+/// A frame of `n` events was decoded.
+pub fn forward_events_received(n: u64) {
+    metrics::counter!(FORWARD_EVENTS_TOTAL).increment(n);
+}
+
+/// A frame was refused (its connection is closed; the caller logs why).
+pub fn forward_frame_refused(e: &crate::input::forward::frame::FrameError) {
+    use crate::input::forward::frame::FrameError;
+    let reason = match e {
+        FrameError::TooLarge(_) => "too_large",
+        FrameError::Invalid(_) => "invalid",
+    };
+    metrics::counter!(FORWARD_FRAMES_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// An ack was sent.
+pub fn forward_acks_sent() {
+    metrics::counter!(FORWARD_ACKS_TOTAL).increment(1);
+}
+
+/// A connection waited `waited` for room in the queue to the buffer.
+pub fn forward_backpressure(waited: Duration) {
+    metrics::counter!(FORWARD_BACKPRESSURE_SECONDS_TOTAL).increment(waited.as_secs());
+    tracing::debug!(
+        ?waited,
+        "a forward connection waited for the buffer (backpressure)"
+    );
+}
+
+/// Records cut from the buffer into chunks for the outputs.
+pub fn forward_records_buffered(records: u64) {
+    metrics::counter!(RECORDS_READ_TOTAL).increment(records);
+}
+
+/// The disk buffer holds `bytes`.
+pub fn forward_buffer_bytes(bytes: u64) {
+    metrics::gauge!(FORWARD_BUFFER_BYTES).set(bytes as f64);
+}
+
+/// The buffer writer waited `waited` for room.
+pub fn forward_buffer_full(waited: Duration) {
+    metrics::counter!(FORWARD_BUFFER_FULL_SECONDS_TOTAL).increment(waited.as_secs());
+    tracing::info!(?waited, "the buffer has room again");
+}
+
+/// `bytes` of a torn or corrupt buffer tail were skipped (the caller logs where).
+pub fn forward_buffer_torn(bytes: u64) {
+    metrics::counter!(FORWARD_BUFFER_TORN_BYTES_TOTAL).increment(bytes);
+}
+
+/// A write to the buffer failed (the caller logs it and retries).
+pub fn forward_buffer_write_failed() {
+    metrics::counter!(FORWARD_BUFFER_WRITE_ERRORS_TOTAL).increment(1);
 }
 
 #[cfg(test)]

@@ -322,6 +322,7 @@ mod tests {
             ends.push(ends.last().copied().unwrap_or(0) + l.len() as u32);
         }
         let chunk = Arc::new(Chunk {
+            forwarded: false,
             data: lines.concat(),
             ends,
             file: 1,

@@ -42,18 +42,37 @@ pub struct OutputError {
 #[derive(Debug, Clone)]
 pub struct Acker {
     ledger: Arc<Ledger>,
+    /// The forward input's disk buffer ledger: chunks cut from its segments
+    /// ([`crate::input::forward::buffer::SEGMENT_ID_BIT`]) are acknowledged there.
+    buffer: Option<Arc<Ledger>>,
     index: usize,
 }
 
 impl Acker {
     /// The acker of output number `index`.
     pub fn new(ledger: Arc<Ledger>, index: usize) -> Self {
-        Self { ledger, index }
+        Self {
+            ledger,
+            buffer: None,
+            index,
+        }
     }
 
-    /// Everything of `file` before `end` was delivered by this output.
+    /// Also acknowledges chunks of the forward input's buffer, into `buffer`.
+    pub fn with_buffer(mut self, buffer: Option<Arc<Ledger>>) -> Self {
+        self.buffer = buffer;
+        self
+    }
+
+    /// Everything of `file` (a file, or a segment of the forward input's buffer) before
+    /// `end` was delivered by this output.
     pub fn ack(&self, file: u64, end: u64) {
-        self.ledger.ack(self.index, file, end);
+        // Segment ids and file ids are both 64-bit numbers; the buffer ledger knows its
+        // segments (a file id equal to one is a 2^-64 chance).
+        match &self.buffer {
+            Some(b) if b.knows(file) => b.ack(self.index, file, end),
+            _ => self.ledger.ack(self.index, file, end),
+        }
     }
 }
 

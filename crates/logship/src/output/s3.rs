@@ -393,6 +393,9 @@ impl S3Output {
                     }
                 }
             }
+        } else if g.records == 0 {
+            // Only ranges of the forward buffer meant for other outputs: nothing to
+            // write, they are delivered as far as this output goes.
         } else {
             g.compressed = tail.len() as u64;
             loop {
@@ -412,8 +415,10 @@ impl S3Output {
                 }
             }
         }
-        retrier.succeeded();
-        crate::telemetry::object_written(&self.name, &g.key, g.records, g.raw, g.compressed);
+        if g.records > 0 {
+            retrier.succeeded();
+            crate::telemetry::object_written(&self.name, &g.key, g.records, g.raw, g.compressed);
+        }
         for (file, end) in g.acks {
             self.acker.ack(file, end);
         }

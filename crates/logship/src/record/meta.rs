@@ -97,6 +97,23 @@ impl FileMeta {
     }
 }
 
+impl FileMeta {
+    /// Metadata of a stream that is not a file (a container's output): `name` stands
+    /// for the path (outputs group by it), and every record carries `members`.
+    pub fn with_members(name: &str, id: u64, members: &[(&str, &str)]) -> Self {
+        let mut s = String::new();
+        for (k, v) in members {
+            push_member(&mut s, k, v);
+        }
+        Self {
+            path: name.to_string(),
+            airflow: AirflowFields::default(),
+            id_hex: format!("{id:016x}"),
+            static_json: s,
+        }
+    }
+}
+
 pub(super) fn push_member(s: &mut String, key: &str, value: &str) {
     s.push(',');
     s.push('"');

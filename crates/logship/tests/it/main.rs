@@ -7,5 +7,6 @@ mod common;
 mod delivery;
 mod deployment;
 mod faults;
+mod forward;
 mod lifecycle;
 mod rotation;

@@ -279,6 +279,7 @@ pub(super) fn encode_chunk(
         st.raw_base += n as u64;
     }
     Some(Chunk {
+        forwarded: false,
         data,
         ends,
         file: st.id,

@@ -215,6 +215,12 @@ impl AirflowOutput {
         chunk: &Chunk,
         retrier: &mut Retrier,
     ) -> Result<(), OutputError> {
+        if chunk.forwarded {
+            // Container output from the forward input never routes here (the layout
+            // takes task log files); its ranges are acknowledged as passed over.
+            self.acker.ack(chunk.file, chunk.end);
+            return Ok(());
+        }
         let path = Path::new(&chunk.meta.path);
         let cached = keys
             .get(&chunk.file)

@@ -1,0 +1,574 @@
+//! Forward events in, logship records out: the record of the Docker/containerd fluentd
+//! log driver (`log`, `source`, `container_id`, `container_name`) becomes a record with
+//! the same envelope as a file's (`id`, `timestamp`, `message`, ...), with the container
+//! fields and the ECS fields beside it.
+//!
+//! * Lines the runtime split (`partial_message`, `partial_id`, `partial_ordinal`,
+//!   `partial_last`: Docker cuts lines at 16 KiB) are joined again, up to
+//!   [`MAX_LOGICAL_BYTES`] and for at most the multiline timeout after the last part.
+//! * Airflow's own output (JSON lines or text) is read as for files, and the lines of a
+//!   Python traceback are joined ([`Assembler`]), per container and stream.
+//! * An event without `log` (an application's own map, sent with a fluent logger) is
+//!   shipped as the JSON of its map, which the encoder reads as a JSON line.
+//!
+//! The `timestamp` is the event's time, unless the line carries its own (Airflow's).
+//! The `id` is stable and unique: a random number drawn at start, the connection's
+//! number and the stream's, then the event's position in its stream (`offset`); it is
+//! written to the disk buffer with the record, so a replay ships the same id.
+//!
+//! A frame that asks for an ack ends every join waiting on its connection, so that
+//! everything it carried is written, and acknowledged, with it.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rmpv::Value;
+
+use super::frame::{Event, EventTime, Frame};
+use crate::record::{self, Assembler, FileMeta, Logical, MAX_LOGICAL_BYTES};
+
+/// Records of one tag, encoded.
+pub type Batch = (Arc<str>, Vec<u8>);
+
+/// The text of a field, if it is a string (or bytes, as some drivers send).
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => s.as_str(),
+        Value::Binary(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+fn field<'a>(event: &'a Event, key: &str) -> Option<&'a Value> {
+    event
+        .record
+        .iter()
+        .find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// Whether a field is a true flag (`"true"` as the drivers send it, or a boolean).
+fn flag(event: &Event, key: &str) -> bool {
+    match field(event, key) {
+        Some(Value::Boolean(b)) => *b,
+        Some(v) => text(v) == Some("true"),
+        None => false,
+    }
+}
+
+/// The JSON of a MessagePack value (for events without `log`).
+pub fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Integer(i) => i
+            .as_i64()
+            .map(J::from)
+            .or_else(|| i.as_u64().map(J::from))
+            .unwrap_or(J::Null),
+        Value::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
+        Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(s.as_str().map_or_else(
+            || String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            str::to_string,
+        )),
+        Value::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match text(k) {
+                        Some(t) => t.to_string(),
+                        None => to_json(k).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Ext(_, _) => J::Null,
+    }
+}
+
+/// The event time as RFC 3339 with nanoseconds.
+pub fn rfc3339(t: EventTime) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::new(t.seconds, t.nanos.min(999_999_999));
+    humantime::format_rfc3339_nanos(at).to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StreamKey {
+    tag: Arc<str>,
+    container_id: String,
+    source: String,
+}
+
+struct Partial {
+    id: String,
+    text: String,
+    time: EventTime,
+}
+
+struct Stream {
+    meta: FileMeta,
+    assembler: Assembler,
+    partial: Option<Partial>,
+    /// Times of the lines the assembler holds, by position.
+    times: VecDeque<(u64, EventTime)>,
+    /// The next line's position.
+    seq: u64,
+    /// When the oldest waiting part or line is due to be sent as it is.
+    due: Option<Instant>,
+}
+
+/// Turns one connection's frames into encoded records.
+pub struct Converter {
+    /// The id prefix of this connection: the process's random number and the
+    /// connection's number.
+    id_seed: u64,
+    ecs: Arc<Vec<(String, String)>>,
+    timeout: Duration,
+    streams: HashMap<StreamKey, Stream>,
+    /// Streams opened so far (each stream's id is drawn from its number).
+    opened: u64,
+    logicals: Vec<Logical>,
+}
+
+impl Converter {
+    /// A converter for connection `conn` of the process with the random number `boot`;
+    /// every record carries `ecs` (the task's fields); joins wait up to `timeout`.
+    pub fn new(boot: u64, conn: u64, ecs: Arc<Vec<(String, String)>>, timeout: Duration) -> Self {
+        Self {
+            id_seed: record::fnv1a(boot, &conn.to_le_bytes()),
+            ecs,
+            timeout,
+            streams: HashMap::new(),
+            opened: 0,
+            logicals: Vec::new(),
+        }
+    }
+
+    /// Converts a frame's events; the records go to `out` (one batch per tag).
+    pub fn push(&mut self, frame: &Frame, tag: &Arc<str>, out: &mut Vec<Batch>) {
+        let mut data = Vec::with_capacity(frame.events.len() * 256);
+        let now = Instant::now();
+        let mut logicals = std::mem::take(&mut self.logicals);
+        for event in &frame.events {
+            self.push_event(tag, event, now, &mut logicals, &mut data);
+        }
+        self.logicals = logicals;
+        if frame.chunk.is_some() {
+            // Everything this frame carried is written with it, then acknowledged.
+            self.flush_where(&mut data, |_| true, out);
+        }
+        if !data.is_empty() {
+            out.push((tag.clone(), data));
+        }
+    }
+
+    fn push_event(
+        &mut self,
+        tag: &Arc<str>,
+        event: &Event,
+        now: Instant,
+        logicals: &mut Vec<Logical>,
+        data: &mut Vec<u8>,
+    ) {
+        let Some(log) = field(event, "log") else {
+            // An application's own map: its JSON is the line.
+            let map = Value::Map(
+                event
+                    .record
+                    .iter()
+                    .map(|(k, v)| (Value::from(k.as_str()), v.clone()))
+                    .collect(),
+            );
+            let line = to_json(&map).to_string();
+            let stream = self.stream(tag, event);
+            Self::line(stream, &line, event.time, logicals, data);
+            return;
+        };
+        let log = match text(log) {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => match log {
+                Value::Binary(b) => String::from_utf8_lossy(b),
+                other => std::borrow::Cow::Owned(to_json(other).to_string()),
+            },
+        };
+        let partial = flag(event, "partial_message");
+        let last = flag(event, "partial_last");
+        let partial_id = field(event, "partial_id").and_then(text).unwrap_or("");
+        let timeout = self.timeout;
+        let stream = self.stream(tag, event);
+        if let Some(p) = &stream.partial
+            && (!partial || p.id != partial_id)
+        {
+            // A line of another split began, or a whole line came: the waiting parts
+            // are all there will be.
+            let p = stream.partial.take().expect("checked");
+            Self::line(stream, &p.text, p.time, logicals, data);
+        }
+        if partial {
+            let p = stream.partial.get_or_insert_with(|| Partial {
+                id: partial_id.to_string(),
+                text: String::new(),
+                time: event.time,
+            });
+            p.text.push_str(&log);
+            if last || p.text.len() >= MAX_LOGICAL_BYTES {
+                let p = stream.partial.take().expect("just set");
+                Self::line(stream, &p.text, p.time, logicals, data);
+            } else {
+                stream.due.get_or_insert(now + timeout);
+            }
+            return;
+        }
+        // The driver sends lines without their newline; a logger may keep it.
+        let line = log.strip_suffix('\n').unwrap_or(&log);
+        Self::line(stream, line, event.time, logicals, data);
+        if stream.assembler.has_pending() {
+            stream.due.get_or_insert(now + timeout);
+        } else {
+            stream.due = None;
+        }
+    }
+
+    fn stream(&mut self, tag: &Arc<str>, event: &Event) -> &mut Stream {
+        let container_id = field(event, "container_id").and_then(text).unwrap_or("");
+        let source = field(event, "source").and_then(text).unwrap_or("");
+        let key = StreamKey {
+            tag: tag.clone(),
+            container_id: container_id.to_string(),
+            source: source.to_string(),
+        };
+        let seed = self.id_seed;
+        let ecs = self.ecs.clone();
+        let n = self.opened;
+        if !self.streams.contains_key(&key) {
+            self.opened += 1;
+        }
+        self.streams.entry(key).or_insert_with_key(|key| {
+            let container_name = field(event, "container_name").and_then(text).unwrap_or("");
+            let mut members: Vec<(&str, &str)> = vec![("tag", &key.tag)];
+            if !container_name.is_empty() {
+                members.push(("container_name", container_name.trim_start_matches('/')));
+            }
+            if !key.container_id.is_empty() {
+                members.push(("container_id", &key.container_id));
+            }
+            if !key.source.is_empty() {
+                members.push(("stream", &key.source));
+            }
+            for (k, v) in ecs.iter() {
+                members.push((k, v));
+            }
+            let id = record::fnv1a(seed, &n.to_le_bytes());
+            Stream {
+                meta: FileMeta::with_members(&key.tag, id, &members),
+                assembler: Assembler::default(),
+                partial: None,
+                times: VecDeque::new(),
+                seq: 0,
+                due: None,
+            }
+        })
+    }
+
+    /// Feeds one whole line to the stream's assembler and encodes what it lets go.
+    fn line(
+        stream: &mut Stream,
+        line: &str,
+        time: EventTime,
+        logicals: &mut Vec<Logical>,
+        data: &mut Vec<u8>,
+    ) {
+        let seq = stream.seq;
+        stream.seq += 1;
+        stream.times.push_back((seq, time));
+        stream.assembler.push(line, seq, seq + 1, logicals);
+        Self::encode(stream, logicals, data);
+    }
+
+    fn encode(stream: &mut Stream, logicals: &mut Vec<Logical>, data: &mut Vec<u8>) {
+        for l in logicals.drain(..) {
+            while stream.times.front().is_some_and(|(s, _)| *s < l.offset) {
+                stream.times.pop_front();
+            }
+            let time = stream.times.front().map_or(
+                EventTime {
+                    seconds: 0,
+                    nanos: 0,
+                },
+                |t| t.1,
+            );
+            let mut ends = Vec::new();
+            record::encode(&l, &stream.meta, &rfc3339(time), data, &mut ends);
+        }
+        if !stream.assembler.has_pending() {
+            stream.times.clear();
+        }
+    }
+
+    /// When the oldest waiting join is due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.streams.values().filter_map(|s| s.due).min()
+    }
+
+    /// Sends what waited past its time as it is.
+    pub fn flush_due(&mut self, now: Instant, out: &mut Vec<Batch>) {
+        let mut data = Vec::new();
+        self.flush_where(&mut data, |s| s.due.is_some_and(|d| d <= now), out);
+        debug_assert!(data.is_empty());
+    }
+
+    /// Sends everything waiting (the connection ends, or a frame asks for an ack).
+    pub fn flush_all(&mut self, out: &mut Vec<Batch>) {
+        let mut data = Vec::new();
+        self.flush_where(&mut data, |_| true, out);
+        debug_assert!(data.is_empty());
+    }
+
+    /// Flushes the streams `pick` selects; records of `data` (the current frame's, of
+    /// one tag) go out before them, so order is kept.
+    fn flush_where(
+        &mut self,
+        data: &mut Vec<u8>,
+        pick: impl Fn(&Stream) -> bool,
+        out: &mut Vec<Batch>,
+    ) {
+        for (key, stream) in self.streams.iter_mut() {
+            if stream.due.is_none() && stream.partial.is_none() && !stream.assembler.has_pending() {
+                continue;
+            }
+            if !pick(stream) {
+                continue;
+            }
+            if !data.is_empty() {
+                out.push((key.tag.clone(), std::mem::take(data)));
+            }
+            let mut records = Vec::new();
+            if let Some(p) = stream.partial.take() {
+                Self::line(stream, &p.text, p.time, &mut self.logicals, &mut records);
+            }
+            stream.assembler.flush(&mut self.logicals);
+            Self::encode(stream, &mut self.logicals, &mut records);
+            stream.due = None;
+            if !records.is_empty() {
+                out.push((key.tag.clone(), records));
+            }
+        }
+        // Streams whose containers went quiet keep only their ids and positions.
+        if self.streams.len() > 4096 {
+            self.streams.retain(|_, s| s.due.is_some());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value as J;
+
+    fn ev(seconds: u64, fields: &[(&str, &str)]) -> Event {
+        Event {
+            time: EventTime { seconds, nanos: 5 },
+            record: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect(),
+        }
+    }
+
+    fn docker(log: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("container_id", "c0ffee".to_string()),
+            ("container_name", "/scheduler".to_string()),
+            ("source", "stdout".to_string()),
+            ("log", log.to_string()),
+        ]
+    }
+
+    fn frame(events: Vec<Event>, chunk: Option<&str>) -> Frame {
+        Frame {
+            tag: "scheduler-firelens-t1".into(),
+            events,
+            chunk: chunk.map(str::to_string),
+            size: None,
+        }
+    }
+
+    fn records(batches: &[Batch]) -> Vec<J> {
+        batches
+            .iter()
+            .flat_map(|(_, d)| {
+                d.split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).unwrap())
+                    .collect::<Vec<J>>()
+            })
+            .collect()
+    }
+
+    fn conv() -> Converter {
+        Converter::new(
+            7,
+            1,
+            Arc::new(vec![("ecs_cluster".into(), "airflow".into())]),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn event_of(fields: Vec<(&str, String)>, seconds: u64) -> Event {
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ev(seconds, &pairs)
+    }
+
+    #[test]
+    fn a_driver_record_becomes_a_logship_record() {
+        let mut c = conv();
+        let tag: Arc<str> = Arc::from("scheduler-firelens-t1");
+        let mut out = Vec::new();
+        c.push(
+            &frame(vec![event_of(docker("hello"), 1_700_000_000)], None),
+            &tag,
+            &mut out,
+        );
+        // A line waits (up to the multiline timeout) for a traceback that may follow.
+        assert!(records(&out).is_empty());
+        assert!(c.next_due().is_some());
+        c.flush_all(&mut out);
+        let r = records(&out);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0]["message"], "hello");
+        assert_eq!(r[0]["timestamp"], "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(r[0]["container_name"], "scheduler");
+        assert_eq!(r[0]["container_id"], "c0ffee");
+        assert_eq!(r[0]["stream"], "stdout");
+        assert_eq!(r[0]["tag"], "scheduler-firelens-t1");
+        assert_eq!(r[0]["ecs_cluster"], "airflow");
+        assert!(r[0]["id"].as_str().unwrap().ends_with("-0"));
+    }
+
+    #[test]
+    fn split_lines_are_joined_and_ids_stay_unique() {
+        let mut c = conv();
+        let tag: Arc<str> = Arc::from("scheduler-firelens-t1");
+        let mut out = Vec::new();
+        let part = |text: &str, ordinal: &str, last: &str| {
+            let mut f = docker(text);
+            f.push(("partial_message", "true".into()));
+            f.push(("partial_id", "p1".into()));
+            f.push(("partial_ordinal", ordinal.into()));
+            f.push(("partial_last", last.into()));
+            event_of(f, 1)
+        };
+        let a = "a".repeat(16 * 1024);
+        let b = "b".repeat(16 * 1024);
+        c.push(&frame(vec![part(&a, "1", "false")], None), &tag, &mut out);
+        assert!(records(&out).is_empty(), "waits for the rest");
+        assert!(c.next_due().is_some());
+        c.push(
+            &frame(
+                vec![
+                    part(&b, "2", "false"),
+                    part("c", "3", "true"),
+                    event_of(docker("next"), 2),
+                ],
+                None,
+            ),
+            &tag,
+            &mut out,
+        );
+        c.flush_all(&mut out);
+        let r = records(&out);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0]["message"].as_str().unwrap(), format!("{a}{b}c"));
+        assert_eq!(r[1]["message"], "next");
+        assert_ne!(r[0]["id"], r[1]["id"]);
+        assert_eq!(c.next_due(), None);
+    }
+
+    #[test]
+    fn an_unfinished_split_goes_out_when_due_or_when_a_frame_asks_for_an_ack() {
+        let mut c = conv();
+        let tag: Arc<str> = Arc::from("scheduler-firelens-t1");
+        let mut out = Vec::new();
+        let mut f = docker("half");
+        f.push(("partial_message", "true".into()));
+        f.push(("partial_id", "p9".into()));
+        c.push(&frame(vec![event_of(f.clone(), 1)], None), &tag, &mut out);
+        assert!(records(&out).is_empty());
+        c.flush_due(Instant::now() + Duration::from_secs(2), &mut out);
+        assert_eq!(records(&out)[0]["message"], "half");
+        out.clear();
+        c.push(
+            &frame(vec![event_of(f, 1)], Some("chunk-1")),
+            &tag,
+            &mut out,
+        );
+        assert_eq!(
+            records(&out)[0]["message"],
+            "half",
+            "an acked frame holds nothing back"
+        );
+    }
+
+    #[test]
+    fn tracebacks_in_container_output_are_joined() {
+        let mut c = conv();
+        let tag: Arc<str> = Arc::from("scheduler-firelens-t1");
+        let mut out = Vec::new();
+        let lines = [
+            "[2024-01-15T10:00:00.000+0000] {scheduler_job_runner.py:1} ERROR - boom",
+            "Traceback (most recent call last):",
+            "  File \"x.py\", line 1, in <module>",
+            "ValueError: bad",
+            "[2024-01-15T10:00:01.000+0000] {scheduler_job_runner.py:2} INFO - after",
+        ];
+        let events = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| event_of(docker(l), i as u64))
+            .collect();
+        c.push(&frame(events, None), &tag, &mut out);
+        c.flush_all(&mut out);
+        let r = records(&out);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(
+            r[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("ValueError: bad")
+        );
+        assert_eq!(r[0]["level"], "ERROR");
+        assert_eq!(
+            r[0]["timestamp"], "2024-01-15T10:00:00.000+0000",
+            "the line's own time"
+        );
+        assert_eq!(r[1]["message"], "after");
+    }
+
+    #[test]
+    fn an_application_map_is_shipped_as_json() {
+        let mut c = conv();
+        let tag: Arc<str> = Arc::from("app.events");
+        let mut out = Vec::new();
+        let e = Event {
+            time: EventTime {
+                seconds: 1,
+                nanos: 0,
+            },
+            record: vec![
+                ("message".into(), Value::from("user logged in")),
+                ("user".into(), Value::from("ada")),
+                ("n".into(), Value::from(3)),
+            ],
+        };
+        c.push(&frame(vec![e], None), &tag, &mut out);
+        let r = records(&out);
+        assert_eq!(r[0]["message"], "user logged in");
+        assert_eq!(r[0]["fields"]["user"], "ada");
+        assert_eq!(r[0]["fields"]["n"], 3);
+    }
+}
