@@ -428,3 +428,28 @@ def test_the_worker_shares_its_pid_namespace_and_shuts_celery_down_warm():
     # ECS sets ECS_AGENT_URI itself; a value here would point workerguard elsewhere.
     assert "ECS_AGENT_URI" not in env_of(guard)
     assert guard["mountPoints"] == [] and guard["memoryReservation"] <= 16
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_logship_is_the_firelens_router_where_it_runs(kind):
+    cs = containers(taskdef(kind))
+    routed = "logship" in cs
+    if routed:
+        router = cs["logship"]
+        assert router["firelensConfiguration"]["type"] == "fluentbit"
+        env = {e["name"]: e["value"] for e in router["environment"]}
+        assert env["LOGSHIP_FORWARD"] == "true"
+        # The buffer lives on the task-scoped state volume, as the checkpoints do.
+        assert env["LOGSHIP_BUFFER_DIR"].startswith(env["LOGSHIP_STATE_DIR"] + "/")
+    for name, c in cs.items():
+        if name in SIDECARS:
+            continue
+        log = c["logConfiguration"]
+        if routed:
+            assert log["logDriver"] == "awsfirelens", name
+            assert log["options"]["Name"] == "firehose"
+            assert log["options"]["delivery_stream"] == "${firehose_stream}"
+            # The router starts first and stops last.
+            assert {"containerName": "logship", "condition": "START"} in c["dependsOn"]
+        else:
+            assert log["logDriver"] == "awslogs", name

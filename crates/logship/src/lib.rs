@@ -172,6 +172,8 @@ impl Daemon for Logship {
 /// Runs logship until `shutdown`, then drains within `--drain-timeout`. The admin server
 /// answers until the drain is over.
 pub async fn run(config: Config, clients: Clients, shutdown: Shutdown) -> Result<(), Error> {
+    // Opening the buffer counts what it finds (a torn tail): the recorder must exist.
+    airside_core::admin::install_metrics();
     let (ledger, restored) = Ledger::open(&config.state_dir, config.outputs.len())?;
     let ledger = Arc::new(ledger);
     let forward = match &config.forward {

@@ -512,6 +512,13 @@ impl Writer {
 
     /// Seals the current segment and starts the next.
     fn roll(&mut self, tip: &watch::Sender<Tip>) {
+        // Written back before the next segment fills: a memory cgroup is charged for
+        // dirty page cache, and cgroup v1 does not throttle a writer by it, so without
+        // this an outage's backlog could OOM-kill logship inside its task's limit. One
+        // segment of dirty pages at a time bounds it.
+        if let Err(e) = self.file.sync_data() {
+            tracing::warn!(error = %e, segment = self.seq, "cannot write a buffer segment back to disk");
+        }
         let next = self.seq + 1;
         loop {
             match Self::create(&self.shared, &self.ledger, next) {

@@ -348,6 +348,17 @@ fn entry(value: Value) -> Result<Event, FrameError> {
 }
 
 fn event(time: Value, record: Value) -> Result<Event, FrameError> {
+    // Forward protocol v1.5: `Metadata ::= integer | EventTime | [EventTime, Hash*]`;
+    // Fluent Bit 5.0.5 and later send the last form by default (fluent/fluentd#5411). The
+    // metadata maps are Fluent Bit's internal annotations and are not shipped.
+    let time = match time {
+        Value::Array(mut parts)
+            if !parts.is_empty() && parts[1..].iter().all(|p| matches!(p, Value::Map(_))) =>
+        {
+            parts.swap_remove(0)
+        }
+        other => other,
+    };
     let time = match time {
         Value::Integer(n) => EventTime {
             seconds: n.as_u64().ok_or_else(|| invalid("a negative event time"))?,

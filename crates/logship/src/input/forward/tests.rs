@@ -323,3 +323,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn metadata_wrapped_times_of_forward_protocol_v1_5() {
+    // Fluent Bit 5.0.5+: each entry is [[EventTime, {metadata}], record].
+    let entry = Value::Array(vec![
+        Value::Array(vec![event_time(1_700_000_000, 7), Value::Map(vec![])]),
+        record("with metadata"),
+    ]);
+    let mut packed = Vec::new();
+    rmpv::encode::write_value(&mut packed, &entry).unwrap();
+    let f = one(&bytes(&Value::Array(vec![s("app"), Value::Binary(packed)])));
+    assert_eq!(messages(&f), ["with metadata"]);
+    assert_eq!(
+        f.events[0].time,
+        EventTime {
+            seconds: 1_700_000_000,
+            nanos: 7
+        }
+    );
+    // Not a time: an array whose tail is not maps.
+    let bad = Value::Array(vec![
+        s("app"),
+        Value::Array(vec![Value::Array(vec![
+            Value::Array(vec![event_time(1, 0), s("x")]),
+            record("no"),
+        ])]),
+    ]);
+    assert!(decode(&bytes(&bad), &Limits::default()).is_err());
+}
