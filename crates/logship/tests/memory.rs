@@ -189,7 +189,9 @@ async fn a_1_gib_backlog_replays_inside_the_task_definition_limit_while_firehose
 fn send_container(socket: std::path::PathBuf, n: usize, events: usize) -> Vec<String> {
     use rmpv::Value;
     use std::io::Write;
-    let v = Value::from;
+    fn v(s: &str) -> Value {
+        Value::from(s)
+    }
     let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
@@ -197,18 +199,18 @@ fn send_container(socket: std::path::PathBuf, n: usize, events: usize) -> Vec<St
     let mut lines = Vec::with_capacity(events);
     let mut entries = Vec::new();
     let mut frame_no = 0;
-    let record = |log: &str, partial: Option<(usize, bool)>| {
+    let record = |log: &str, partial: Option<(usize, usize, bool)>| {
         let mut m = vec![
             (v("container_id"), v(format!("{container}-id").as_str())),
             (v("container_name"), v(format!("/{container}").as_str())),
             (v("source"), v("stdout")),
             (v("log"), v(log)),
         ];
-        if let Some((ordinal, last)) = partial {
+        if let Some((line_no, ordinal, last)) = partial {
             m.push((v("partial_message"), v("true")));
             m.push((
                 v("partial_id"),
-                v(format!("{container}-p{}", lines_len_hint(log)).as_str()),
+                v(format!("{container}-p{line_no}").as_str()),
             ));
             m.push((v("partial_ordinal"), v(ordinal.to_string().as_str())));
             m.push((v("partial_last"), v(if last { "true" } else { "false" })));
@@ -231,7 +233,7 @@ fn send_container(socket: std::path::PathBuf, n: usize, events: usize) -> Vec<St
             for (k, p) in parts.iter().enumerate() {
                 entries.push(Value::Array(vec![
                     time.clone(),
-                    record(p, Some((k + 1, k + 1 == parts.len()))),
+                    record(p, Some((i, k + 1, k + 1 == parts.len()))),
                 ]));
             }
         } else {
@@ -254,11 +256,6 @@ fn send_container(socket: std::path::PathBuf, n: usize, events: usize) -> Vec<St
         }
     }
     lines
-}
-
-/// Partial ids only need to differ between split lines of one container.
-fn lines_len_hint(part: &str) -> String {
-    part.get(..10).unwrap_or(part).to_string()
 }
 
 /// logship as the FireLens router, under the worker task definition's 64 MiB: 1,000,000

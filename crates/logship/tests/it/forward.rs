@@ -633,7 +633,7 @@ async fn a_generated_firelens_configuration_routes_each_container() {
     // The record_modifier's fields are on every record; the S3 objects sit under the
     // fixed start of s3_key_format.
     assert_eq!(s3[0]["ecs_task_definition"], "airflow-scheduler:7");
-    assert!(list_keys(&s3_bucket, "containers/").await.len() >= 1);
+    assert!(!list_keys(&s3_bucket, "containers/").await.is_empty());
     r.daemon.stop(Duration::from_secs(20)).await;
 }
 
