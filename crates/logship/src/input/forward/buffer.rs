@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! [u32 LE payload length][u32 LE CRC-32 of the payload][payload]
-//! payload = [u16 LE tag length][tag][newline-terminated JSON records]
+//! payload = [newline-terminated JSON records][tag][u16 LE tag length]
 //! ```
 //!
 //! One writer thread appends blocks; everything queued when it wakes goes out in one
@@ -332,9 +332,13 @@ fn split_header(h: &[u8; 8]) -> (u32, u32) {
 
 /// The tag and the records of a payload.
 fn parse_payload(p: &[u8]) -> Option<(&str, &[u8])> {
-    let tag_len = usize::from(u16::from_le_bytes([*p.first()?, *p.get(1)?]));
-    let tag = std::str::from_utf8(p.get(2..2 + tag_len)?).ok()?;
-    Some((tag, &p[2 + tag_len..]))
+    // The tag comes last, so a block read into its own buffer becomes its records by a
+    // truncation, not a copy.
+    let n = p.len().checked_sub(2)?;
+    let tag_len = usize::from(u16::from_le_bytes([p[n], p[n + 1]]));
+    let tag_start = n.checked_sub(tag_len)?;
+    let tag = std::str::from_utf8(&p[tag_start..n]).ok()?;
+    Some((tag, &p[..tag_start]))
 }
 
 /// Appends the block of `tag` and `records` to `out`.
@@ -346,13 +350,13 @@ fn push_block(out: &mut Vec<u8>, tag: &str, records: &[u8]) {
         tag_len -= 1;
     }
     let tag = &tag[..tag_len];
-    let len = 2 + tag.len() + records.len();
+    let len = records.len() + tag.len() + 2;
     let start = out.len();
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-    out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(records);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -745,6 +749,36 @@ fn read_blocks(
     max_bytes: usize,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<(Vec<Block>, u64)> {
+    // A block of at least `max_bytes` (a frame's worth of records) is read into a buffer
+    // of its own, which becomes the chunk's data without a copy.
+    if end - from >= HEADER {
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, from)?;
+        let (len, crc) = split_header(&header);
+        let block_end = from + HEADER + u64::from(len);
+        if len <= MAX_BLOCK_BYTES && len as usize >= max_bytes && block_end <= end {
+            let mut payload = vec![0u8; len as usize];
+            file.read_exact_at(&mut payload, from + HEADER)?;
+            if crc32fast::hash(&payload) != crc {
+                return Ok((Vec::new(), from));
+            }
+            let Some((tag, records)) = parse_payload(&payload) else {
+                return Ok((Vec::new(), from));
+            };
+            let (tag, records_len) = (tag.to_string(), records.len());
+            payload.truncate(records_len);
+            return Ok((
+                vec![Block {
+                    seq,
+                    start: from,
+                    end: block_end,
+                    tag,
+                    records: payload,
+                }],
+                block_end,
+            ));
+        }
+    }
     let mut want = (end - from).min(max_bytes.max(HEADER as usize) as u64) as usize;
     'read: loop {
         buf.resize(want, 0);

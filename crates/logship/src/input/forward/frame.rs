@@ -93,27 +93,72 @@ pub fn measure(buf: &[u8], limits: &Limits) -> Result<Option<usize>, FrameError>
 
 /// [`measure`], with the number of values the object holds.
 fn walk(buf: &[u8], limits: &Limits) -> Result<Option<(usize, usize)>, FrameError> {
-    let mut pos = 0usize;
-    // Values still to read at each open level (the bottom is the object itself).
-    let mut pending: Vec<u64> = vec![1];
-    let mut values = 0usize;
-    while let Some(left) = pending.last_mut() {
-        if *left == 0 {
-            pending.pop();
-            continue;
+    Walker::default().resume(buf, limits)
+}
+
+/// [`measure`] that remembers how far it got: a frame arrives in many reads, and walking
+/// it again from its start after each one was the forward input's largest own cost
+/// (perf: 6 % of its CPU with 640 KB frames). Fed the same buffer, grown, it continues
+/// at the first value it could not finish.
+#[derive(Debug, Clone)]
+pub struct Walker {
+    pos: usize,
+    /// Values still to read at each open level (the bottom is the object itself).
+    pending: Vec<u64>,
+    values: usize,
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Self {
+            pos: 0,
+            pending: vec![1],
+            values: 0,
         }
-        *left -= 1;
-        values += 1;
+    }
+}
+
+impl Walker {
+    /// Continues over `buf` (the bytes walked before, and more): `Ok(Some((bytes,
+    /// values)))` once the object is whole, `Ok(None)` when more bytes are needed.
+    pub fn resume(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<(usize, usize)>, FrameError> {
+        while let Some(&left) = self.pending.last() {
+            if left == 0 {
+                self.pending.pop();
+                continue;
+            }
+            let start = self.pos;
+            match self.step(buf, limits)? {
+                true => {}
+                false => {
+                    // Not enough bytes for this value: start it again next time.
+                    self.pos = start;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some((self.pos, self.values)))
+    }
+
+    /// Walks one value; `false` (and nothing changed but `pos`) when `buf` ends in it.
+    fn step(&mut self, buf: &[u8], limits: &Limits) -> Result<bool, FrameError> {
+        let values = self.values + 1;
         if values > limits.max_values {
             return Err(FrameError::TooLarge(format!(
                 "more than {} values",
                 limits.max_values
             )));
         }
+        let mut pos = self.pos;
         let Some(&byte) = buf.get(pos) else {
-            return Ok(None);
+            return Ok(false);
         };
         pos += 1;
+        let len = |pos: &mut usize, width: usize| length(buf, pos, width);
         let (skip, children): (u64, u64) = match Marker::from_u8(byte) {
             Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
                 (0, 0)
@@ -123,52 +168,52 @@ fn walk(buf: &[u8], limits: &Limits) -> Result<Option<(usize, usize)>, FrameErro
             Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
             Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
             Marker::FixStr(n) => (u64::from(n), 0),
-            Marker::Str8 | Marker::Bin8 => match length(buf, &mut pos, 1)? {
+            Marker::Str8 | Marker::Bin8 => match len(&mut pos, 1)? {
                 Some(n) => (n, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Str16 | Marker::Bin16 => match length(buf, &mut pos, 2)? {
+            Marker::Str16 | Marker::Bin16 => match len(&mut pos, 2)? {
                 Some(n) => (n, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Str32 | Marker::Bin32 => match length(buf, &mut pos, 4)? {
+            Marker::Str32 | Marker::Bin32 => match len(&mut pos, 4)? {
                 Some(n) => (n, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
             Marker::FixExt1 => (2, 0),
             Marker::FixExt2 => (3, 0),
             Marker::FixExt4 => (5, 0),
             Marker::FixExt8 => (9, 0),
             Marker::FixExt16 => (17, 0),
-            Marker::Ext8 => match length(buf, &mut pos, 1)? {
+            Marker::Ext8 => match len(&mut pos, 1)? {
                 Some(n) => (n + 1, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Ext16 => match length(buf, &mut pos, 2)? {
+            Marker::Ext16 => match len(&mut pos, 2)? {
                 Some(n) => (n + 1, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Ext32 => match length(buf, &mut pos, 4)? {
+            Marker::Ext32 => match len(&mut pos, 4)? {
                 Some(n) => (n + 1, 0),
-                None => return Ok(None),
+                None => return Ok(false),
             },
             Marker::FixArray(n) => (0, u64::from(n)),
             Marker::FixMap(n) => (0, 2 * u64::from(n)),
-            Marker::Array16 => match length(buf, &mut pos, 2)? {
+            Marker::Array16 => match len(&mut pos, 2)? {
                 Some(n) => (0, n),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Array32 => match length(buf, &mut pos, 4)? {
+            Marker::Array32 => match len(&mut pos, 4)? {
                 Some(n) => (0, n),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Map16 => match length(buf, &mut pos, 2)? {
+            Marker::Map16 => match len(&mut pos, 2)? {
                 Some(n) => (0, 2 * n),
-                None => return Ok(None),
+                None => return Ok(false),
             },
-            Marker::Map32 => match length(buf, &mut pos, 4)? {
+            Marker::Map32 => match len(&mut pos, 4)? {
                 Some(n) => (0, 2 * n),
-                None => return Ok(None),
+                None => return Ok(false),
             },
             Marker::Reserved => {
                 return Err(FrameError::Invalid("the reserved byte 0xc1".into()));
@@ -189,20 +234,25 @@ fn walk(buf: &[u8], limits: &Limits) -> Result<Option<(usize, usize)>, FrameErro
                     limits.max_values
                 )));
             }
-            if pending.len() > limits.max_depth {
+            if self.pending.len() > limits.max_depth {
                 return Err(FrameError::TooLarge(format!(
                     "nested deeper than {}",
                     limits.max_depth
                 )));
             }
-            pending.push(children);
         }
         if end > buf.len() as u64 {
-            return Ok(None);
+            return Ok(false);
         }
-        pos = end as usize;
+        // The value is whole: count it.
+        *self.pending.last_mut().expect("a level is open") -= 1;
+        self.values = values;
+        self.pos = end as usize;
+        if children > 0 {
+            self.pending.push(children);
+        }
+        Ok(true)
     }
-    Ok(Some((pos, values)))
 }
 
 /// A big-endian length of `width` bytes at `pos`, moving `pos` past it.
@@ -219,7 +269,18 @@ fn length(buf: &[u8], pos: &mut usize, width: usize) -> Result<Option<u64>, Fram
 /// Decodes the frame at the start of `buf`: `Ok(None)` when more bytes are needed,
 /// otherwise the frame and the bytes it took.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, FrameError> {
-    let Some(len) = measure(buf, limits)? else {
+    decode_with(&mut Walker::default(), buf, limits)
+}
+
+/// [`decode`] continuing the walk `walker` made of `buf`'s start before (a connection
+/// keeps one across reads); the walker starts over after a whole frame.
+pub fn decode_with(
+    walker: &mut Walker,
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Frame, usize)>, FrameError> {
+    let walked = walker.resume(buf, limits);
+    let Some(len) = walked?.map(|(bytes, _)| bytes) else {
         if buf.len() >= limits.max_frame_bytes {
             return Err(FrameError::TooLarge(format!(
                 "no complete frame in {} bytes",
@@ -228,6 +289,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, Fra
         }
         return Ok(None);
     };
+    *walker = Walker::default();
     let value = read(&buf[..len], limits)?;
     Ok(Some((frame(value, limits)?, len)))
 }

@@ -152,6 +152,7 @@ pub async fn run(
         ecs: Arc::new(settings.fields.clone()),
         multiline_timeout: settings.multiline_timeout,
         queue: Arc::new(Semaphore::new(server::QUEUE_BYTES)),
+        decoding: Arc::new(Semaphore::new(2)),
         appends: appends_tx,
         last_activity: Default::default(),
         epoch: Instant::now(),
@@ -186,7 +187,7 @@ pub async fn run(
 /// its chunk, or an empty one with the same range.
 async fn ship(
     router: &mut Router,
-    blocks: Vec<buffer::Block>,
+    mut blocks: Vec<buffer::Block>,
     senders: &[mpsc::Sender<Arc<Chunk>>],
 ) {
     let mut i = 0;
@@ -202,15 +203,21 @@ async fn ship(
             size += blocks[j].records.len();
             j += 1;
         }
-        let mut data = Vec::with_capacity(size);
-        let mut ends = Vec::new();
-        for b in &blocks[i..j] {
-            let base = data.len();
-            data.extend_from_slice(&b.records);
-            for nl in memchr::memchr_iter(b'\n', &b.records) {
-                ends.push((base + nl + 1) as u32);
+        // One block (the common case: a frame's records): its bytes move, not copied.
+        let mut data = if j == i + 1 {
+            std::mem::take(&mut blocks[i].records)
+        } else {
+            let mut d = Vec::with_capacity(size);
+            for b in &blocks[i..j] {
+                d.extend_from_slice(&b.records);
             }
+            d
+        };
+        let mut ends = Vec::with_capacity(data.len() / 256);
+        for nl in memchr::memchr_iter(b'\n', &data) {
+            ends.push((nl + 1) as u32);
         }
+        data.shrink_to_fit();
         let file = buffer::segment_id(blocks[i].seq);
         let (start, end) = (blocks[i].start, blocks[j - 1].end);
         crate::telemetry::forward_records_buffered(ends.len() as u64);

@@ -352,3 +352,32 @@ fn metadata_wrapped_times_of_forward_protocol_v1_5() {
     ]);
     assert!(decode(&bytes(&bad), &Limits::default()).is_err());
 }
+
+proptest! {
+    /// A frame fed in pieces to one walker (as a connection reads it) decodes exactly
+    /// as when it is whole, and never before its last byte.
+    #[test]
+    fn a_walk_resumed_over_pieces_is_the_whole_walk(cuts in proptest::collection::vec(1usize..200, 1..40)) {
+        let events: Vec<Value> = (0..30)
+            .map(|i| Value::Array(vec![event_time(1_700_000_000, i), record(&format!("line {i} {}", "x".repeat(i as usize * 7)))]))
+            .collect();
+        let bytes = bytes(&Value::Array(vec![s("tag"), Value::Array(events), options(&[("chunk", s("c"))])]));
+        let whole = one(&bytes);
+        let mut walker = super::frame::Walker::default();
+        let mut end = 0;
+        let mut got = None;
+        for cut in cuts.iter().cycle() {
+            end = (end + cut).min(bytes.len());
+            match super::frame::decode_with(&mut walker, &bytes[..end], &Limits::default()).unwrap() {
+                Some((f, used)) => {
+                    prop_assert_eq!(end, bytes.len());
+                    prop_assert_eq!(used, bytes.len());
+                    got = Some(f);
+                    break;
+                }
+                None => prop_assert!(end < bytes.len()),
+            }
+        }
+        prop_assert_eq!(got.unwrap(), whole);
+    }
+}
