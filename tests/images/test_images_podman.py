@@ -217,11 +217,41 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
     state = tmp_path / "state"
     state.mkdir()
     owned_by(state, "65532:65532")
+    # As the task's FireLens router: ECS mounts the socket's folder at /var/run and the
+    # configuration it generated at /fluent-bit/etc/fluent-bit.conf.
+    run = tmp_path / "run"
+    run.mkdir()
+    owned_by(run, "65532:65532")
+    firelens = tmp_path / "fluent-bit.conf"
+    firelens.write_text(
+        "[INPUT]\n    Name forward\n    unix_path /var/run/fluent.sock\n\n"
+        "[FILTER]\n    Name record_modifier\n    Match *\n    Record ecs_cluster podman\n\n"
+        f"[OUTPUT]\n    Name firehose\n    Match airflow-worker-firelens*\n"
+        f"    region us-east-1\n    delivery_stream {stream}\n"
+    )
+    firelens.chmod(0o644)
     c = Container("logship", "worker", tag, env,
-                  [(logs, "/opt/airflow/logs", True), (state, "/var/lib/logship", False)],
+                  [(logs, "/opt/airflow/logs", True), (state, "/var/lib/logship", False),
+                   (run, "/var/run", False), (firelens, "/fluent-bit/etc/fluent-bit.conf", True)],
                   moto_endpoint)
+    stdout_marker = f"podman-container-stdout-{uuid.uuid4().hex}"
+
+    def forwarded():
+        """The Airflow container's stdout, as Docker's fluentd driver sends it, through
+        the socket the container made; acknowledged once in its disk buffer."""
+        import msgpack
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(run / "fluent.sock"))
+        sock.settimeout(30)
+        record = {"container_id": "c0", "container_name": "/airflow-worker", "source": "stdout",
+                  "log": stdout_marker}
+        sock.sendall(msgpack.packb(["airflow-worker-firelens-t", [[int(time.time()), record]],
+                                    {"chunk": "podman-1"}]))
+        assert msgpack.unpackb(sock.recv(64)) == {"ack": "podman-1"}
+        sock.close()
 
     def shipped():
+        forwarded()
         deadline, found = time.time() + 60, False
         while time.time() < deadline and not found:
             for o in s3.list_objects_v2(Bucket=bucket, Prefix="fh/").get("Contents", []):
@@ -229,6 +259,16 @@ def test_logship_image_ships_a_file(tmp_path, moto_endpoint):
                 found = found or marker.encode() in body
             time.sleep(1)
         assert found, f"the line never reached the stream's bucket:\n{c.logs()}"
+        deadline, found = time.time() + 60, None
+        while time.time() < deadline and not found:
+            for o in s3.list_objects_v2(Bucket=bucket, Prefix="fh/").get("Contents", []):
+                for l in s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().splitlines():
+                    r = json.loads(l)
+                    if r["message"] == stdout_marker:
+                        found = r
+            time.sleep(1)
+        assert found, f"the container's stdout never reached the stream's bucket:\n{c.logs()}"
+        assert (found["container_name"], found["ecs_cluster"]) == ("airflow-worker", "podman")
         # And the file as it is, in Airflow's remote-log layout, for the UI.
         key = "airflow-task-logs/dag_id=d/run_id=r/task_id=t/attempt=1.log.000000000000"
         deadline = time.time() + 30
