@@ -19,7 +19,7 @@ output "execution_role_arn" {
 }
 
 output "log_group_name" {
-  description = "CloudWatch log group of all containers (stream prefix = container name)."
+  description = "CloudWatch log group of the sidecars and the API server (stream prefix = container name); the scheduler and worker Airflow containers log through logship (FireLens) to Firehose."
   value       = aws_cloudwatch_log_group.containers.name
 }
 

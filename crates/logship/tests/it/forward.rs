@@ -336,6 +336,13 @@ async fn hostile_frames_close_their_connection_and_nothing_else() {
         ),
         // Not MessagePack at all (0xc1 is never used).
         ("garbage", vec![0xc1; 64]),
+        // Fluentd's shared-key handshake, which logship does not offer.
+        (
+            "PING",
+            encode(&Value::Array(
+                ["PING", "client", "salt", "digest", "", ""].map(v).to_vec(),
+            )),
+        ),
     ];
     for (what, bytes) in &hostile {
         let mut c = Conn::tcp(&r.tcp);
@@ -385,6 +392,11 @@ async fn hostile_frames_close_their_connection_and_nothing_else() {
         .collect();
     assert_eq!(messages.len(), hostile.len(), "{messages:?}");
     assert!(!messages.iter().any(|m| m == "never whole"));
+    assert!(
+        r.daemon.stderr_text().contains("shared-key authentication"),
+        "the PING is refused with a line that says why:\n{}",
+        r.daemon.stderr_text()
+    );
     // Memory stayed small although 4 GiB were announced.
     let status = std::fs::read_to_string(format!("/proc/{}/status", r.daemon.child.id())).unwrap();
     let hwm_kib: u64 = status
@@ -668,4 +680,95 @@ async fn an_unknown_firelens_output_is_a_start_up_error() {
         "{}",
         d.stderr_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_stops_reading_the_senders_and_loses_nothing() {
+    let (bucket, stream) = firehose_to_bucket().await;
+    let proxy = FaultProxy::start(
+        &moto().endpoint(),
+        FaultPlan::only(1.0, &[Fault::InternalError]),
+    );
+    proxy.set_rate(0.0);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = start_router(
+        tmp.path(),
+        &[format!("firehose:{stream}")],
+        &[s("--buffer-max-bytes"), s("8MiB")],
+        &proxy.endpoint(),
+        false,
+    )
+    .await;
+    proxy.set_rate(1.0);
+    // 24 frames of about 1 MiB of records each, without acks (as Docker's driver sends):
+    // once the buffer (8 MiB) and the queue to it are full, logship stops reading and the
+    // sender's writes block.
+    const FRAMES: usize = 24;
+    const LINES: usize = 2000;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (socket, count) = (r.socket.clone(), acked.clone());
+    let sender = std::thread::spawn(move || {
+        let mut c = Conn::unix(&socket);
+        for f in 0..FRAMES {
+            let lines: Vec<String> = (0..LINES)
+                .map(|i| format!("f{f:02} {i:05} {}", "p".repeat(400)))
+                .collect();
+            c.send(&forward_frame("app-firelens-t", "app", &lines, None))
+                .unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stuck_at = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stuck_at < FRAMES,
+        "every frame was taken with the buffer capped and Firehose down"
+    );
+    let on_disk: u64 = std::fs::read_dir(tmp.path().join("buffer"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "lsb"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= 8 << 20,
+        "the buffer holds {on_disk} bytes, over its cap"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        acked.load(std::sync::atomic::Ordering::SeqCst),
+        stuck_at,
+        "still held back"
+    );
+    // Firehose is back: the buffer drains, the sender goes on, nothing is lost.
+    proxy.set_rate(0.0);
+    tokio::task::spawn_blocking(move || sender.join().unwrap())
+        .await
+        .unwrap();
+    let bk = bucket.clone();
+    eventually(Duration::from_secs(60), "every line in S3", || {
+        let bk = bk.clone();
+        async move { all_records(&bk, "fh/").await.len() >= FRAMES * LINES }
+    })
+    .await;
+    let mut got: Vec<String> = all_records(&bucket, "fh/")
+        .await
+        .iter()
+        .map(|r| r["message"].as_str().unwrap()[..9].to_string())
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..FRAMES)
+        .flat_map(|f| (0..LINES).map(move |i| format!("f{f:02} {i:05}")))
+        .collect();
+    assert_eq!(got, want, "every line once");
+    let m = r.daemon.metrics().await;
+    assert!(
+        metric_sum(&m, "logship_forward_buffer_full_seconds_total") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "logship_forward_backpressure_seconds_total") >= 1.0,
+        "{m}"
+    );
+    r.daemon.stop(Duration::from_secs(20)).await;
 }
