@@ -469,14 +469,21 @@ fn by_container(records: &[J]) -> HashMap<String, Vec<String>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firehose_outage_and_a_sigkill_lose_nothing_acknowledged() {
+/// A Firehose stream delivering to a bucket, behind a fault proxy that answers 500 to
+/// everything while its rate is 1 (Firehose down) and passes everything at 0 (as now).
+async fn firehose_behind_a_switch() -> (String, String, FaultProxy) {
     let (bucket, stream) = firehose_to_bucket().await;
     let proxy = FaultProxy::start(
         &moto().endpoint(),
         FaultPlan::only(1.0, &[Fault::InternalError]),
     );
     proxy.set_rate(0.0);
+    (bucket, stream, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firehose_outage_and_a_sigkill_lose_nothing_acknowledged() {
+    let (bucket, stream, proxy) = firehose_behind_a_switch().await;
     let tmp = tempfile::tempdir().unwrap();
     let outputs = [format!("firehose:{stream}")];
     let mut r = start_router(tmp.path(), &outputs, &[], &proxy.endpoint(), false).await;
@@ -684,12 +691,7 @@ async fn an_unknown_firelens_output_is_a_start_up_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_stops_reading_the_senders_and_loses_nothing() {
-    let (bucket, stream) = firehose_to_bucket().await;
-    let proxy = FaultProxy::start(
-        &moto().endpoint(),
-        FaultPlan::only(1.0, &[Fault::InternalError]),
-    );
-    proxy.set_rate(0.0);
+    let (bucket, stream, proxy) = firehose_behind_a_switch().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut r = start_router(
         tmp.path(),
