@@ -63,7 +63,7 @@ pub(super) const RETIRED_TTL: Duration = Duration::from_secs(300);
 
 /// How long no file must have grown before idle memory is handed back (longer than the
 /// default `--linger`, so the last batch has been sent by then).
-pub(super) const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(5);
+pub(crate) const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(5);
 
 /// With every base watched, the walk that events did not ask for comes this often.
 const WATCHED_WALK: Duration = Duration::from_secs(30);

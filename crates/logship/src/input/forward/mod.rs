@@ -168,11 +168,27 @@ pub async fn run(
     ));
 
     let result = async {
+        let mut released = false;
         loop {
-            let blocks = reader.next(CHUNK_BYTES).await?;
+            // Quiet for a while: a burst is over, give back its heap and code pages (as
+            // the files input does), so an idle router stays small. Waiting for the
+            // writer is cancel-safe (a watch channel).
+            let next = tokio::time::timeout(
+                crate::input::files::RELEASE_AFTER_IDLE,
+                reader.next(CHUNK_BYTES),
+            );
+            let Ok(blocks) = next.await else {
+                if !released {
+                    airside_core::memory::release();
+                    released = true;
+                }
+                continue;
+            };
+            let blocks = blocks?;
             if blocks.is_empty() {
                 return Ok(());
             }
+            released = false;
             ship(&mut router, blocks, &senders).await;
         }
     }
