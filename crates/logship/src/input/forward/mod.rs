@@ -152,7 +152,8 @@ pub async fn run(
         ecs: Arc::new(settings.fields.clone()),
         multiline_timeout: settings.multiline_timeout,
         queue: Arc::new(Semaphore::new(server::QUEUE_BYTES)),
-        decoding: Arc::new(Semaphore::new(2)),
+        // One frame decoded at a time (see server::Context::decoding).
+        decoding: Arc::new(Semaphore::new(1)),
         appends: appends_tx,
         last_activity: Default::default(),
         epoch: Instant::now(),

@@ -43,8 +43,9 @@ pub(super) struct Context {
     pub queue: Arc<Semaphore>,
     /// Frames being decoded and converted at once: a decoded frame of 2,000 events
     /// holds a few MiB until its records are queued, and on one or two cores decoding
-    /// more at once is not faster, only larger (measured: 8 connections of such frames
-    /// peaked at 44 MiB without this bound).
+    /// more at once is not faster, only larger (measured, 8 connections of such frames:
+    /// unbounded 44.0 MiB peak, two at once 39.8 MiB, one at once 38.2 MiB and the
+    /// fastest, bench/logship/RESULTS.md).
     pub decoding: Arc<Semaphore>,
     pub appends: mpsc::Sender<Append>,
     /// When the last byte arrived on any connection (milliseconds since `epoch`).
