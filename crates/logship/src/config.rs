@@ -56,11 +56,12 @@ pub struct ShipArgs {
     pub poll_interval: Duration,
     /// How often followed files are looked at (one fstat each) and read if they grew.
     /// Writes are not watched: on a busy worker, one event per write cost more than the
-    /// reading (bench/logship/RESULTS.md). This is the longest a line waits to be read,
-    /// and it adds to the Airflow layout's kill-proof bound (a line written one flush
-    /// interval plus this before a SIGKILL is in S3); longer costs less CPU.
-    #[arg(long, env = "LOGSHIP_READ_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
-    pub read_interval: Duration,
+    /// reading (bench/logship/RESULTS.md). This is the longest a line waits to be read;
+    /// longer costs less CPU. Default 250ms; when every output is airflow-s3, the
+    /// files are read when that output uploads (once per flush interval) and this
+    /// defaults to the flush interval, as a safety net only.
+    #[arg(long, env = "LOGSHIP_READ_INTERVAL", value_parser = parse_duration)]
+    pub read_interval: Option<Duration>,
     /// Directories never watched for change events, only polled (mount points of EFS/NFS).
     #[arg(long = "no-watch", env = "LOGSHIP_NO_WATCH", value_delimiter = ',')]
     pub no_watch: Vec<PathBuf>,
@@ -267,6 +268,9 @@ pub fn parse_output(text: &str) -> Result<OutputSpec, String> {
     ))
 }
 
+/// `--read-interval` unless every output is airflow-s3.
+pub const DEFAULT_READ_INTERVAL: Duration = Duration::from_millis(250);
+
 /// A validated configuration: what [`crate::run`] runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -448,6 +452,16 @@ impl Config {
                 ));
             }
         }
+        let only_airflow = !args.outputs.is_empty()
+            && args
+                .outputs
+                .iter()
+                .all(|o| matches!(o, OutputSpec::AirflowS3 { .. }));
+        let read_interval = args.read_interval.unwrap_or(if only_airflow {
+            args.airflow_flush_interval
+        } else {
+            DEFAULT_READ_INTERVAL
+        });
         Ok(Self {
             paths: args.paths,
             outputs: args.outputs,
@@ -455,7 +469,7 @@ impl Config {
             admin_addr: args.lifecycle.admin_addr,
             drain_timeout: args.lifecycle.drain_timeout,
             poll_interval: args.poll_interval,
-            read_interval: args.read_interval,
+            read_interval,
             no_watch: args.no_watch,
             multiline_timeout: args.multiline_timeout,
             linger: args.linger,
@@ -534,5 +548,28 @@ mod tests {
         let config = Config::from_args(cli.args).unwrap();
         assert_eq!(config.paths, vec!["/opt/airflow/logs/**/*.log"]);
         assert_eq!(config.drain_timeout, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn files_are_read_at_upload_pace_when_only_airflow_outputs_take_them() {
+        use airside_core::daemon::parse_without_env;
+        let read_interval = |argv: &[&str]| {
+            let cli: Cli = parse_without_env(argv).unwrap();
+            Config::from_args(cli.args).unwrap().read_interval
+        };
+        let airflow = ["logship", "--output", "airflow-s3://task-logs/airflow"];
+        assert_eq!(read_interval(&airflow), Duration::from_secs(5));
+        let slower = [&airflow[..], &["--airflow-flush-interval", "9s"]].concat();
+        assert_eq!(read_interval(&slower), Duration::from_secs(9));
+        // Beside an output of records, lines are read on the usual clock.
+        let both = [&airflow[..], &["--output", "firehose:records"]].concat();
+        assert_eq!(read_interval(&both), DEFAULT_READ_INTERVAL);
+        assert_eq!(
+            read_interval(&["logship", "--output", "stdout"]),
+            DEFAULT_READ_INTERVAL
+        );
+        // Set explicitly, it is kept.
+        let set = [&airflow[..], &["--read-interval", "1s"]].concat();
+        assert_eq!(read_interval(&set), Duration::from_secs(1));
     }
 }

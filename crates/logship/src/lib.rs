@@ -26,6 +26,7 @@ pub mod chunk;
 pub mod config;
 pub mod input;
 pub mod output;
+pub mod read_request;
 pub mod record;
 pub mod telemetry;
 
@@ -243,6 +244,13 @@ async fn run_inner(
     };
     let buffer_ledger = forward.as_ref().map(|f| f.ledger.clone());
     let all_outputs = args.all_outputs();
+    // Task log files feeding an airflow-s3 output are read when it uploads.
+    let read_requests = (!args.paths.is_empty()
+        && args
+            .outputs
+            .iter()
+            .any(|o| matches!(o, OutputSpec::AirflowS3 { .. })))
+    .then(|| Arc::new(read_request::ReadRequests::default()));
     let mut outputs = Vec::new();
     for (index, (spec, region)) in all_outputs.iter().enumerate() {
         let acker = Acker::new(ledger.clone(), index).with_buffer(buffer_ledger.clone());
@@ -308,6 +316,7 @@ async fn run_inner(
                     max_buffered: args.airflow_max_buffered,
                     state_dir: args.state_dir.clone(),
                     index,
+                    reads: read_requests.clone(),
                 };
                 output::airflow::AirflowOutput::connect(client, settings, acker, &shutdown)
                     .await?
@@ -375,6 +384,7 @@ async fn run_inner(
                 .outputs
                 .iter()
                 .any(|o| !matches!(o, OutputSpec::AirflowS3 { .. })),
+            requests: read_requests,
         },
         ledger.clone(),
         restored,

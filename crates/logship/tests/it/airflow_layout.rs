@@ -258,6 +258,53 @@ async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
     d.stop(Duration::from_secs(20)).await;
 }
 
+/// The airflow-s3 output asks for a read of every file before each upload round, so a
+/// line waits for one round, not for a read on the tailer's own clock and then a round.
+/// That clock is set to 30 s here: without the asked-for reads nothing written after the
+/// start would show within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_come_with_uploads_so_a_line_waits_one_flush_interval() {
+    let bucket = create_bucket().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("logs");
+    let mut log = TaskLog::create(&folder, ATTEMPT);
+    log.line();
+    let interval = Duration::from_secs(1);
+    let mut flags = args(&folder, &tmp.path().join("state"), &bucket, "1s", "60s");
+    flags.extend([s("--read-interval"), s("30s")]);
+    let mut d = Daemon::start(&flags, &moto().endpoint(), tmp.path(), false);
+    d.wait_ready().await;
+    let key = format!("logs/{ATTEMPT}");
+    // Lines every 100 ms for 12 s; each one's lag is from its write until a view has it.
+    let mut lags: Vec<Duration> = Vec::new();
+    let mut waiting: std::collections::VecDeque<(Instant, usize)> = Default::default();
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let len = log.line();
+        waiting.push_back((Instant::now(), len));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (view, _) = airflow_view(&bucket, &key).await;
+        assert!(log.bytes().starts_with(&view), "the view is not a prefix");
+        while waiting.front().is_some_and(|(_, l)| *l <= view.len()) {
+            let (t, _) = waiting.pop_front().unwrap();
+            lags.push(t.elapsed());
+        }
+    }
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    println!(
+        "{} lines seen while running, worst lag {worst:?} (flush interval {interval:?})",
+        lags.len()
+    );
+    assert!(lags.len() >= 60, "only {} lines were seen in 12 s", lags.len());
+    // One interval, plus the read, the upload and this loop's own view (100 ms sleep
+    // and a list-and-get of moto), with room for a busy machine.
+    assert!(
+        worst < interval + Duration::from_millis(1500),
+        "a line took {worst:?} to show with a {interval:?} flush interval"
+    );
+    d.stop(Duration::from_secs(20)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_uploaded_and_restarts_duplicate_nothing() {
     let bucket = create_bucket().await;

@@ -5,7 +5,8 @@
 //! removed or renamed), and every `--poll-interval` in any case, so a filesystem that
 //! never sends events (EFS, NFS) only makes discovery slower, never stops it. Followed
 //! files are looked at every `--read-interval` (one `fstat` each) and read when they
-//! grew; writes are not watched (see `watch.rs` for why).
+//! grew, and whenever an output asks (see `read_request.rs`); writes are not watched
+//! (see `watch.rs` for why).
 //!
 //! A file is identified by device and inode plus a fingerprint of its first
 //! line (at most 256 bytes), so a reused inode is not taken for the old file.
@@ -45,6 +46,7 @@ pub use discover::{Unreadable, glob_base};
 use read::{encode_chunk, push_line, take_partial_line};
 
 use crate::chunk::Chunk;
+use crate::read_request::ReadRequests;
 
 /// Bytes read from one file per pass.
 pub(super) const READ_BYTES: usize = 256 * 1024;
@@ -89,6 +91,8 @@ pub struct TailSettings {
     /// Whether chunks carry JSON records ([`Chunk::data`]); without an output that
     /// takes them, only their count ([`Chunk::ends`] of empty records).
     pub records: bool,
+    /// Passes asked for by outputs (the airflow-s3 output, before each upload round).
+    pub requests: Option<Arc<ReadRequests>>,
 }
 
 /// The tailer stopped.
@@ -183,6 +187,14 @@ pub struct Tailer {
     unterminated_checked: Instant,
     /// Unreadable paths found by the walk in progress.
     unreadable_now: std::collections::BTreeMap<String, String>,
+}
+
+/// The next pass an output asks for; never, without an output that asks.
+async fn next_request(requests: &Option<Arc<ReadRequests>>) {
+    match requests {
+        Some(r) => r.asked().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next batch of change events; never, without an inotify instance.
@@ -306,6 +318,8 @@ impl Tailer {
         // Files with more than one read's worth waiting: read again at once, not at the
         // next read interval.
         let mut more: Vec<u64> = Vec::new();
+        // The request ticket the pass under way answers once no file has more waiting.
+        let mut answering: Option<u64> = None;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -339,6 +353,9 @@ impl Tailer {
             }
             let read = if read_all {
                 more.clear();
+                if let Some(r) = &self.settings.requests {
+                    answering = Some(r.starting());
+                }
                 self.pass(None).await?
             } else {
                 self.pass(Some(std::mem::take(&mut more))).await?
@@ -356,6 +373,9 @@ impl Tailer {
                 more = read.more;
                 tokio::task::yield_now().await;
                 continue;
+            }
+            if let (Some(r), Some(ticket)) = (&self.settings.requests, answering.take()) {
+                r.answer(ticket);
             }
             // A traceback waiting for its next line is sent when --multiline-timeout
             // is up, not at the next read interval.
@@ -399,6 +419,9 @@ impl Tailer {
                 _ = tokio::time::sleep_until(next_walk) => {}
                 _ = tokio::time::sleep_until(next_housekeeping) => {}
                 _ = tokio::time::sleep_until(next_read) => {}
+                _ = next_request(&self.settings.requests) => {
+                    next_read = tokio::time::Instant::now();
+                }
             }
         }
         self.drain().await

@@ -35,6 +35,7 @@ use self::objects::{Attempt, Upload};
 use self::saved::{Saved, SavedError};
 use super::{Acker, OutputError, Retrier, check_destination};
 use crate::chunk::Chunk;
+use crate::read_request::ReadRequests;
 
 /// The most attempt keys remembered by file id (forgotten all at once beyond it; they
 /// are derived again as chunks come).
@@ -59,10 +60,16 @@ pub struct AirflowSettings {
     pub state_dir: PathBuf,
     /// This output's position among the outputs (names its state file).
     pub index: usize,
+    /// The tailer's passes, asked for before each upload round (None when no files feed
+    /// this output: only then does it upload on its own clock alone).
+    pub reads: Option<Arc<ReadRequests>>,
 }
 
 /// The most an upload re-reads from the file to fold earlier objects into it.
 pub const MAX_FOLD: u64 = 1 << 20;
+/// How long an upload round waits for the pass it asked the tailer for (a tailer busy
+/// with a backlog answers late; the round then uploads what has come).
+const READ_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// Uploads (and deletions) in flight at once.
 const CONCURRENCY: usize = 8;
 /// Compaction reads a file larger than this from disk as the request goes, not into memory.
@@ -172,8 +179,21 @@ impl AirflowOutput {
         let mut held = 0u64;
         let mut tick = tokio::time::interval(self.settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The pass asked for at the last tick, and until when it is waited for.
+        let mut asked: Option<(u64, Instant)> = None;
+        let reads = self.settings.reads.clone();
         loop {
+            let answered = async {
+                match (&reads, asked) {
+                    (Some(r), Some((ticket, _))) => r.answered(ticket).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let wait_until = asked.map(|(_, until)| until);
             tokio::select! {
+                // Chunks first: those of the pass that answered are in the channel
+                // before its answer, and must be in the round.
+                biased;
                 chunk = rx.recv() => match chunk {
                     Some(chunk) => {
                         self.add(&mut files, &mut outside, &mut keys, &chunk, &mut retrier).await?;
@@ -194,16 +214,40 @@ impl AirflowOutput {
                         return Ok(());
                     }
                 },
-                _ = tick.tick() => {
-                    self.upload_round(&mut files, None, &mut retrier).await?;
-                    held = pending_bytes(&files);
-                    crate::telemetry::airflow_buffered(&self.name, held);
-                    self.settle_quiet(&mut files).await;
-                    self.delete_doomed(&mut files).await;
-                    self.evict_idle(&mut files);
+                _ = answered => {
+                    asked = None;
+                    self.round(&mut files, &mut held, &mut retrier).await?;
                 }
+                _ = crate::sleep_until_some(wait_until), if wait_until.is_some() => {
+                    asked = None;
+                    self.round(&mut files, &mut held, &mut retrier).await?;
+                }
+                _ = tick.tick() => match &reads {
+                    Some(r) if asked.is_none() => {
+                        asked = Some((r.ask(), Instant::now() + READ_ANSWER_WAIT.min(self.settings.flush_interval)));
+                    }
+                    Some(_) => {}
+                    None => self.round(&mut files, &mut held, &mut retrier).await?,
+                },
             }
         }
+    }
+
+    /// The work of every flush interval: one upload of each file with bytes waiting,
+    /// then quiet files settled, superseded objects deleted and idle files forgotten.
+    async fn round(
+        &mut self,
+        files: &mut HashMap<String, Tracked>,
+        held: &mut u64,
+        retrier: &mut Retrier,
+    ) -> Result<(), OutputError> {
+        self.upload_round(files, None, retrier).await?;
+        *held = pending_bytes(files);
+        crate::telemetry::airflow_buffered(&self.name, *held);
+        self.settle_quiet(files).await;
+        self.delete_doomed(files).await;
+        self.evict_idle(files);
+        Ok(())
     }
 
     /// Takes one chunk: its bytes wait for the next upload of its file.
