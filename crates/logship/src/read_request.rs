@@ -85,7 +85,10 @@ mod tests {
         // The pass that started before the request does not answer it.
         r.answer(started);
         let early = tokio::time::timeout(Duration::from_millis(50), r.answered(ticket)).await;
-        assert!(early.is_err(), "answered by a pass that began before the request");
+        assert!(
+            early.is_err(),
+            "answered by a pass that began before the request"
+        );
         // The tailer is woken by the request (the permit was kept) and its next pass does.
         tokio::time::timeout(Duration::from_secs(1), r.asked())
             .await

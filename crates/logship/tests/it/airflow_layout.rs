@@ -295,7 +295,11 @@ async fn reads_come_with_uploads_so_a_line_waits_one_flush_interval() {
         "{} lines seen while running, worst lag {worst:?} (flush interval {interval:?})",
         lags.len()
     );
-    assert!(lags.len() >= 60, "only {} lines were seen in 12 s", lags.len());
+    assert!(
+        lags.len() >= 60,
+        "only {} lines were seen in 12 s",
+        lags.len()
+    );
     // One interval, plus the read, the upload and this loop's own view (100 ms sleep
     // and a list-and-get of moto), with room for a busy machine.
     assert!(
