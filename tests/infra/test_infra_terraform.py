@@ -235,7 +235,10 @@ def test_logship_puts_only_to_its_stream():
 # The IAM action each AWS SDK call of the daemons needs, from the Service Authorization
 # Reference ("Actions, resources, and condition keys for Amazon S3": HeadObject is
 # authorised by s3:GetObject, CreateMultipartUpload/UploadPart/CompleteMultipartUpload
-# by s3:PutObject, HeadBucket and ListObjectsV2 by s3:ListBucket; Firehose and
+# by s3:PutObject, HeadBucket and ListObjectsV2 by s3:ListBucket, DeleteObjects by
+# s3:DeleteObject on each object it names (DeleteObjects API reference, Permissions:
+# "To delete an object from a bucket, you must always specify the s3:DeleteObject
+# permission"; there is no s3:DeleteObjects action); Firehose and
 # CloudWatch actions are named as their API calls). The kind says which resource it
 # applies to: an object below the prefix, the bucket, the stream, or "*" (CloudWatch
 # has no resource-level permissions for these).
@@ -244,6 +247,7 @@ SDK_CALL_ACTIONS = {
     "get_object": ("s3:GetObject", "object"),
     "put_object": ("s3:PutObject", "object"),
     "delete_object": ("s3:DeleteObject", "object"),
+    "delete_objects": ("s3:DeleteObject", "object"),
     "create_multipart_upload": ("s3:PutObject", "object"),
     "upload_part": ("s3:PutObject", "object"),
     "complete_multipart_upload": ("s3:PutObject", "object"),

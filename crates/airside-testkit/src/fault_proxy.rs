@@ -339,15 +339,32 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut parts = parts;
-    if let Some(strict) = &shared.strict_s3
-        && let crate::strict_s3::Verdict::Answer(status, body) =
-            strict.on_request(&parts.method, &path, &mut parts.headers)
-    {
-        return Response::builder()
-            .status(status)
-            .header("content-type", "application/xml")
-            .body(Full::new(body))
-            .map_err(|_| Dropped);
+    let mut body = body;
+    // Keys the strict-S3 layer took out of a DeleteObjects, to report as refused.
+    let mut refused_deletes = Vec::new();
+    if let Some(strict) = &shared.strict_s3 {
+        match strict.on_request(&parts.method, &path, &mut parts.headers, &body) {
+            crate::strict_s3::Verdict::Forward => {}
+            crate::strict_s3::Verdict::Answer(status, body) => {
+                return Response::builder()
+                    .status(status)
+                    .header("content-type", "application/xml")
+                    .body(Full::new(body))
+                    .map_err(|_| Dropped);
+            }
+            crate::strict_s3::Verdict::DeleteWithout {
+                body: kept,
+                refused,
+            } => {
+                // Checked above; the emulator gets the shorter body without them.
+                for name in ["content-md5", "content-length"] {
+                    parts.headers.remove(name);
+                }
+                crate::strict_s3::remove_checksums(&mut parts.headers);
+                body = kept;
+                refused_deletes = refused;
+            }
+        }
     }
     let mut accepted = None;
     if let Some(strict) = &shared.strict_api {
@@ -408,6 +425,10 @@ async fn handle(
             &mut rparts.headers,
             &mut rbody,
         );
+    }
+    if rparts.status.is_success() && !refused_deletes.is_empty() {
+        rbody = crate::strict_s3::add_delete_errors(&rbody, &refused_deletes);
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
     if rparts.status.is_success()
         && let Some(fix) = fix

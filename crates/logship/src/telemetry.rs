@@ -282,9 +282,10 @@ pub fn airflow_objects_deleted(output: &str, n: usize) {
         .increment(n as u64);
 }
 
-/// A superseded object could not be deleted (tried again at the next tick).
-pub fn airflow_delete_failed(output: &str, object: &str, error: &str) {
-    tracing::warn!(output = %output, object = %object, error = %error, "cannot delete a superseded object; its lines show twice until it is");
+/// Superseded objects could not be deleted (tried again at the next tick): `object`
+/// and, when a whole request failed, the others of its `objects`.
+pub fn airflow_delete_failed(output: &str, object: &str, objects: usize, error: &str) {
+    tracing::warn!(output = %output, object = %object, objects, error = %error, "cannot delete superseded objects; their lines show twice until they are");
 }
 
 /// A followed file is not below `--airflow-log-folder`: it has no place in the layout.

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airside_testkit::moto;
+use airside_testkit::{FaultPlan, FaultProxy, moto};
 
 use crate::common::*;
 
@@ -55,6 +55,27 @@ async fn airflow_view(bucket: &str, key: &str) -> (Vec<u8>, Vec<String>) {
         return (out, keys);
     }
     panic!("the objects under {key} kept overlapping for 200 reads: a fold never finished");
+}
+
+/// Waits up to `within` until the view of `key` is exactly `want`, held in `objects`
+/// objects.
+async fn wait_for_view(
+    within: Duration,
+    what: &str,
+    bucket: &str,
+    key: &str,
+    want: &[u8],
+    objects: usize,
+) {
+    let (bucket, key, want) = (bucket.to_string(), key.to_string(), want.to_vec());
+    eventually(within, what, || {
+        let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
+        async move {
+            let (view, keys) = airflow_view(&bucket, &key).await;
+            view == want && keys.len() == objects
+        }
+    })
+    .await;
 }
 
 /// Whether some file's objects overlap: `FILE.<12-digit offset>` named objects, sorted,
@@ -183,7 +204,10 @@ async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
         s("--s3-max-object-age"),
         s("1s"),
     ]);
-    let mut d = Daemon::start(&flags, &moto().endpoint(), tmp.path(), false);
+    // Through strict S3: its DeleteObjects must carry an integrity header and at most
+    // 1,000 keys, as S3 demands and moto does not.
+    let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
+    let mut d = Daemon::start(&flags, &proxy.endpoint(), tmp.path(), false);
     d.wait_ready().await;
     let key = format!("logs/{ATTEMPT}");
 
@@ -222,16 +246,13 @@ async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
 
     // Quiet for --airflow-compact-after: one object per file, byte for byte.
     let want = [log.bytes(), trigger.bytes()].concat();
-    eventually(
+    wait_for_view(
         Duration::from_secs(20),
         "compaction to one object per file",
-        || {
-            let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
-            async move {
-                let (view, keys) = airflow_view(&bucket, &key).await;
-                view == want && keys.len() == 2
-            }
-        },
+        &bucket,
+        &key,
+        &want,
+        2,
     )
     .await;
     let (_, keys) = airflow_view(&bucket, &key).await;
@@ -254,6 +275,67 @@ async fn a_running_task_log_is_readable_live_then_compacted_to_one_object() {
     assert!(
         metric_sum(&m, "logship_airflow_objects_deleted_total") >= 1.0,
         "{m}"
+    );
+    d.stop(Duration::from_secs(20)).await;
+}
+
+/// Superseded objects go in DeleteObjects requests; a key S3 refuses (a per-key error
+/// inside a successful answer) stays listed as superseded and is deleted at a later
+/// round once S3 lets it, and nothing of the file is lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_deletions_are_retried_until_s3_takes_them() {
+    let bucket = create_bucket().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("logs");
+    let mut log = TaskLog::create(&folder, ATTEMPT);
+    log.line();
+    let proxy = FaultProxy::start_strict_s3(&moto().endpoint(), FaultPlan::none());
+    let key = format!("logs/{ATTEMPT}");
+    proxy.strict_s3().refuse_deletes_under(&bucket, &key);
+    let flags = args(&folder, &tmp.path().join("state"), &bucket, "300ms", "2s");
+    let mut d = Daemon::start(&flags, &proxy.endpoint(), tmp.path(), false);
+    d.wait_ready().await;
+    // Folds happen while the task writes; none of their deletions is taken.
+    for _ in 0..30 {
+        log.line();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(Duration::from_secs(10), "a refused deletion", || {
+        let text = d.stderr_text();
+        async move { text.contains("cannot delete superseded objects") }
+    })
+    .await;
+    let m = d.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "logship_airflow_objects_deleted_total"),
+        0.0,
+        "S3 refused every deletion: {m}"
+    );
+    let stuck = list_keys(&bucket, &key).await;
+    assert!(stuck.len() > 1, "folds left superseded objects: {stuck:?}");
+    assert!(
+        d.stderr_text().contains("AccessDenied"),
+        "{}",
+        d.stderr_text()
+    );
+
+    // S3 takes them again: the next rounds delete every superseded object, and the view
+    // is the file, once.
+    proxy.strict_s3().allow_deletes_under(&bucket, &key);
+    let want = log.bytes();
+    wait_for_view(
+        Duration::from_secs(10),
+        "the refused objects deleted",
+        &bucket,
+        &key,
+        &want,
+        1,
+    )
+    .await;
+    let m = d.metrics().await;
+    assert!(
+        metric_sum(&m, "logship_airflow_objects_deleted_total") >= (stuck.len() - 1) as f64,
+        "{stuck:?}\n{m}"
     );
     d.stop(Duration::from_secs(20)).await;
 }
@@ -357,16 +439,13 @@ async fn sigkill_loses_nothing_uploaded_and_restarts_duplicate_nothing() {
     );
     d.wait_ready().await;
     let want = log.bytes();
-    eventually(
+    wait_for_view(
         Duration::from_secs(20),
         "the whole file, once, in one object",
-        || {
-            let (bucket, key, want) = (bucket.clone(), key.clone(), want.clone());
-            async move {
-                let (view, keys) = airflow_view(&bucket, &key).await;
-                view == want && keys.len() == 1
-            }
-        },
+        &bucket,
+        &key,
+        &want,
+        1,
     )
     .await;
     d.stop(Duration::from_secs(20)).await;

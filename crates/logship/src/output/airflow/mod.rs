@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airside_core::aws::{ErrorClass, classified, classify, describe};
+use airside_core::aws::{ErrorClass, classified, classify, classify_code, describe};
 use airside_core::shutdown::Shutdown;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -72,6 +72,9 @@ pub const MAX_FOLD: u64 = 1 << 20;
 const READ_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// Uploads (and deletions) in flight at once.
 const CONCURRENCY: usize = 8;
+/// The most keys of one DeleteObjects request ("The request can contain a list of up to
+/// 1,000 keys that you want to delete", DeleteObjects, Amazon S3 API Reference).
+pub const MAX_DELETE_KEYS: usize = 1000;
 /// Compaction reads a file larger than this from disk as the request goes, not into memory.
 const IN_MEMORY: u64 = 1 << 20;
 /// A forced re-upload after a restart reads at most this much into memory; beyond it
@@ -131,8 +134,8 @@ impl JobResult {
 
 impl AirflowOutput {
     /// Loads the saved state and checks that logship may write under the prefix (a
-    /// PutObject and a DeleteObject of `PREFIX/.logship-write-check`: the two actions its
-    /// role has). `Ok(None)` when shutdown came first.
+    /// PutObject and a DeleteObjects of `PREFIX/.logship-write-check`: the two requests
+    /// it makes, authorized by the two actions its role has). `Ok(None)` when shutdown came first.
     pub async fn connect(
         client: Client,
         settings: AirflowSettings,
@@ -152,8 +155,16 @@ impl AirflowOutput {
             async move {
                 let put = client.put_object().bucket(&bucket).key(&probe);
                 classified(put.body(ByteStream::from_static(b"")).send().await)?;
-                let delete = client.delete_object().bucket(&bucket).key(&probe);
-                classified(delete.send().await).map(|_| ())
+                // The way superseded objects are deleted: a denial comes back as an
+                // error of the key inside a successful answer, not as an HTTP error.
+                let batch = [(probe.clone(), String::new(), Name::Whole)];
+                let failed = delete_batch(&client, &bucket, &batch)
+                    .await
+                    .map_err(|e| (ErrorClass::Invalid, e))?;
+                match failed.into_values().next() {
+                    Some(why) => Err((classify_code(why.split(' ').next(), None), why)),
+                    None => Ok(()),
+                }
             }
         })
         .await?;
@@ -477,13 +488,16 @@ impl AirflowOutput {
         self.store(files);
     }
 
-    /// Deletes superseded objects. A failed deletion is tried again at the next tick
-    /// (until then the reader shows those bytes twice; nothing is lost).
+    /// Deletes superseded objects, up to [`MAX_DELETE_KEYS`] in one DeleteObjects
+    /// request (one request per round for a busy worker, where one DeleteObject per
+    /// object cost a request per fold). A key S3 reports as not deleted, or every key of
+    /// a failed request, is tried again at the next tick (until then the reader shows
+    /// those bytes twice; nothing is lost).
     async fn delete_doomed(&mut self, files: &mut HashMap<String, Tracked>) {
         let mut targets = Vec::new();
         for (key, t) in files.iter() {
             for name in t.attempt.doomed() {
-                targets.push((key.clone(), name));
+                targets.push((name.key(key), key.clone(), name));
             }
         }
         if targets.is_empty() {
@@ -491,32 +505,42 @@ impl AirflowOutput {
         }
         let client = &self.client;
         let bucket = &self.settings.bucket;
-        let results: Vec<(String, Name, Result<(), String>)> = futures::stream::iter(targets)
-            .map(|(key, name)| async move {
-                let r = client
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(name.key(&key))
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| describe(&e));
-                (key, name, r)
+        let mut batches = Vec::new();
+        while !targets.is_empty() {
+            let rest = targets.split_off(targets.len().min(MAX_DELETE_KEYS));
+            batches.push(std::mem::replace(&mut targets, rest));
+        }
+        let batches: Vec<_> = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let outcome = delete_batch(client, bucket, &batch).await;
+                (batch, outcome)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
         let mut deleted = 0;
-        for (key, name, r) in results {
-            match (r, files.get_mut(&key), name) {
-                (Ok(()), Some(t), Name::Segment(start)) => {
+        for (batch, outcome) in batches {
+            let failed = match outcome {
+                Ok(failed) => failed,
+                Err(e) => {
+                    crate::telemetry::airflow_delete_failed(
+                        &self.name,
+                        &batch[0].0,
+                        batch.len(),
+                        &e,
+                    );
+                    continue;
+                }
+            };
+            for (object, key, name) in batch {
+                if let Some(e) = failed.get(object.as_str()) {
+                    crate::telemetry::airflow_delete_failed(&self.name, &object, 1, e);
+                    continue;
+                }
+                if let (Some(t), Name::Segment(start)) = (files.get_mut(&key), name) {
                     t.attempt.deleted(start);
                     deleted += 1;
                 }
-                (Err(e), _, _) => {
-                    crate::telemetry::airflow_delete_failed(&self.name, &name.key(&key), &e)
-                }
-                _ => {}
             }
         }
         crate::telemetry::airflow_objects_deleted(&self.name, deleted);
@@ -585,6 +609,45 @@ fn join_key(prefix: &str, rest: &str) -> String {
     } else {
         format!("{prefix}/{rest}")
     }
+}
+
+/// One DeleteObjects request in quiet mode (S3 then answers only the keys it could not
+/// delete): those keys with S3's reason, or why the whole request failed.
+async fn delete_batch(
+    client: &Client,
+    bucket: &str,
+    batch: &[(String, String, Name)],
+) -> Result<HashMap<String, String>, String> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let objects = batch
+        .iter()
+        .map(|(object, _, _)| ObjectIdentifier::builder().key(object).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let delete = Delete::builder()
+        .set_objects(Some(objects))
+        .quiet(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let out = client
+        .delete_objects()
+        .bucket(bucket)
+        .delete(delete)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(out
+        .errors()
+        .iter()
+        .filter_map(|e| {
+            let why = format!(
+                "{} {}",
+                e.code().unwrap_or("error"),
+                e.message().unwrap_or("")
+            );
+            Some((e.key()?.to_string(), why.trim_end().to_string()))
+        })
+        .collect())
 }
 
 /// Sends one upload: the file's bytes of `job.upload.disk` (checked against the CRCs of
