@@ -85,10 +85,13 @@ hwm = int([l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("Vm
 time.sleep(12)  # the last flush interval, then the requests log is whole
 
 puts = {}  # attempt key -> [(arrival, covered end)]
-counts = {"PUT": 0, "DELETE": 0, "OTHER": 0}
+counts = {"PUT": 0, "DELETE": 0, "DELETES": 0, "OTHER": 0}
+deleted_keys = 0
 for row in open(os.path.join(work, "requests.csv")):
     t, what, key, size = row.rstrip("\n").split(",", 3)
     counts[what] += 1
+    if what == "DELETES":
+        deleted_keys += int(size)
     if what != "PUT" or ".logship-write-check" in key:
         continue
     attempt, start_off = key.rsplit(".", 1)
@@ -113,7 +116,7 @@ task_hours = tasks * wall / 3600
 print(f"| load | {tasks} task logs × {rate:g} lines/s of ~150 bytes for {wall:.0f} s ({n:,} lines) |")
 print(f"| logship CPU | **{100 * cpu_used / wall:.2f} % of one core** ({cpu_used:.1f} s) |")
 print(f"| logship peak RSS (VmHWM) | **{hwm / 1024:.1f} MiB** |")
-print(f"| S3 requests per task-hour | **{counts['PUT'] / task_hours:.0f} PutObject + {counts['DELETE'] / task_hours:.0f} DeleteObject** |")
+print(f"| S3 requests per task-hour | **{counts['PUT'] / task_hours:.0f} PutObject + {counts['DELETES'] / task_hours:.1f} DeleteObjects** ({deleted_keys / task_hours:.0f} keys; {counts['DELETE'] / task_hours:.0f} DeleteObject) |")
 print(f"| visibility lag p50 / p95 / max | **{q(0.5):.2f} / {q(0.95):.2f} / {lags[-1]:.2f} s** (flush interval 5 s) |")
 print(f"| lines never uploaded | {missing} |")
 print(f"| load average at the start (other work on the machine) | {load.split()[0]} |")

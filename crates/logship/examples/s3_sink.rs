@@ -1,6 +1,7 @@
 //! A tiny S3 stand-in for the airflow-s3 benchmark (built as the `s3_sink` example of the
-//! logship crate): accepts path-style PutObject and DeleteObject on loopback, keeps
-//! nothing, and appends one line per request to a log, `<unix ns>,<PUT|DELETE>,<key>,<bytes>`,
+//! logship crate): accepts path-style PutObject, DeleteObject and DeleteObjects on
+//! loopback, keeps nothing, and appends one line per request to a log,
+//! `<unix ns>,<PUT|DELETE|DELETES>,<key>,<bytes, or the keys a DeleteObjects names>`,
 //! from which the benchmark computes how long each log line took to become readable.
 //! `GET /stats` answers the counts as JSON.
 //!
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioIo;
 struct Sink {
     puts: AtomicU64,
     deletes: AtomicU64,
+    batch_deletes: AtomicU64,
     others: AtomicU64,
     log: Mutex<std::io::BufWriter<std::fs::File>>,
 }
@@ -29,12 +31,18 @@ async fn handle(
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
+    let batch_delete = method == http::Method::POST
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "delete" || p == "delete="));
     let path = req.uri().path().to_string();
     if method == http::Method::GET && path == "/stats" {
         let body = format!(
-            r#"{{"puts":{},"deletes":{},"others":{}}}"#,
+            r#"{{"puts":{},"deletes":{},"batch_deletes":{},"others":{}}}"#,
             sink.puts.load(Ordering::Relaxed),
             sink.deletes.load(Ordering::Relaxed),
+            sink.batch_deletes.load(Ordering::Relaxed),
             sink.others.load(Ordering::Relaxed)
         );
         return Ok(http::Response::new(Full::new(Bytes::from(body))));
@@ -51,7 +59,18 @@ async fn handle(
         .as_nanos();
     // Path style: /BUCKET/KEY (percent-encoded as the SDK sends it).
     let key = path.splitn(3, '/').nth(2).unwrap_or("").to_string();
+    let mut size = body.len();
+    let mut answer = Bytes::new();
     let (status, what) = match method {
+        // DeleteObjects in quiet mode: an empty result is "every key deleted".
+        _ if batch_delete => {
+            sink.batch_deletes.fetch_add(1, Ordering::Relaxed);
+            size = body.windows(5).filter(|w| w == b"<Key>").count();
+            answer = Bytes::from_static(
+                b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"></DeleteResult>",
+            );
+            (200, "DELETES")
+        }
         http::Method::PUT => {
             sink.puts.fetch_add(1, Ordering::Relaxed);
             (200, "PUT")
@@ -66,14 +85,14 @@ async fn handle(
         }
     };
     if let Ok(mut log) = sink.log.lock() {
-        let _ = writeln!(log, "{now},{what},{key},{}", body.len());
+        let _ = writeln!(log, "{now},{what},{key},{size}");
         let _ = log.flush();
     }
     let resp = http::Response::builder()
         .status(status)
         .header("etag", "\"bench\"")
         .header("x-amz-request-id", "bench")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(answer))
         .expect("static parts");
     Ok(resp)
 }
@@ -93,6 +112,7 @@ async fn main() {
     let sink = Arc::new(Sink {
         puts: AtomicU64::new(0),
         deletes: AtomicU64::new(0),
+        batch_deletes: AtomicU64::new(0),
         others: AtomicU64::new(0),
         log: Mutex::new(std::io::BufWriter::new(log)),
     });

@@ -72,6 +72,12 @@ pub const MAX_FOLD: u64 = 1 << 20;
 const READ_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// Uploads (and deletions) in flight at once.
 const CONCURRENCY: usize = 8;
+/// The most bytes of upload bodies held in memory at once. Every file's upload counter
+/// runs in step (one upload per file per round), so the large folds of 200 files come
+/// in the same round: without this bound, eight folds of up to 1 MiB each were in
+/// memory together and took logship's peak RSS from 26 to 33 MiB on the 200-task
+/// benchmark (bench/logship/RESULTS.md).
+const BODY_BUDGET: usize = 3 << 20;
 /// The most keys of one DeleteObjects request ("The request can contain a list of up to
 /// 1,000 keys that you want to delete", DeleteObjects, Amazon S3 API Reference).
 pub const MAX_DELETE_KEYS: usize = 1000;
@@ -118,6 +124,20 @@ struct JobResult {
     outcome: Result<u32, (ErrorClass, String)>,
     /// Bytes of the file uploaded for the first time.
     new_bytes: u64,
+}
+
+impl Job {
+    /// The most bytes of its body this job holds in memory: the folded bytes it
+    /// re-reads (unless a compaction streams them from the file) and the pending ones.
+    fn body_in_memory(&self) -> u64 {
+        let disk = self.upload.disk.end - self.upload.disk.start;
+        let read = match self.compaction {
+            true if disk > IN_MEMORY => 0,
+            true => disk,
+            false => disk.min(MAX_REFOLD),
+        };
+        read + self.pending.len() as u64
+    }
 }
 
 impl JobResult {
@@ -586,8 +606,14 @@ impl AirflowOutput {
     async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<JobResult> {
         let client = &self.client;
         let bucket = &self.settings.bucket;
+        let budget = &tokio::sync::Semaphore::new(BODY_BUDGET);
         futures::stream::iter(jobs)
-            .map(|job| async move { run_job(client, bucket, job).await })
+            .map(|job| async move {
+                let cost = job.body_in_memory().min(BODY_BUDGET as u64) as u32;
+                // The semaphore lives as long as this call and is never closed.
+                let _held = budget.acquire_many(cost).await.ok();
+                run_job(client, bucket, job).await
+            })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await
@@ -671,7 +697,7 @@ async fn run_job(client: &Client, bucket: &str, job: Job) -> JobResult {
         } else {
             disk_len <= MAX_REFOLD
         };
-        match read_checked(path.clone(), upload.clone(), keep).await {
+        match read_checked(path.clone(), upload.clone(), keep, pending.len()).await {
             Ok((Some(mut bytes), crc)) => {
                 let mut hasher = crc32fast::Hasher::new_with_initial_len(crc, bytes.len() as u64);
                 hasher.update(&pending);
@@ -737,17 +763,22 @@ async fn run_job(client: &Client, bucket: &str, job: Job) -> JobResult {
 }
 
 /// Reads `upload.disk` of the file at `path`, checking each folded range against its
-/// CRC: the bytes (when `keep` and small) and their CRC-32. An error says why the file
-/// cannot stand for the folded objects (gone, shorter, other content).
+/// CRC: the bytes (when `keep` and small; with room for `extra` more, the pending bytes
+/// that follow them in the body) and their CRC-32. An error says why the file cannot
+/// stand for the folded objects (gone, shorter, other content).
 async fn read_checked(
     path: PathBuf,
     upload: Upload,
     keep: bool,
+    extra: usize,
 ) -> Result<(Option<Vec<u8>>, u32), String> {
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut kept = keep.then(Vec::new);
+        // Sized once: grown by doubling, a 600 KiB fold held 1 MiB, then 2 with the
+        // pending bytes.
+        let size = (upload.disk.end - upload.disk.start) as usize + extra;
+        let mut kept = keep.then(|| Vec::with_capacity(size));
         let mut whole = crc32fast::Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut at = upload.disk.start;
