@@ -169,12 +169,18 @@ def test_a_running_task_is_live_and_survives_sigkill_of_its_worker(stack):
     stack.wait_state("stream_lines", run, "stream", {"running"})
     # Live: poll the API as the UI does and measure how old the newest line shown is.
     lags = []
+    # What each poll showed besides the lines (Airflow's own messages: the keys it read,
+    # "Could not read logs" for an object deleted between its listing and its read), to
+    # tell a slow upload from a torn read if the lag check fails.
+    polls = []
     started = time.time()
     while time.time() - started < 30:
         log = stack.log_events("stream_lines", run, "stream", 1)
         lines = [e for e in log if str(e.get("event", "")).startswith("stream line")]
         if lines:
             lags.append(time.time() - ts(lines[-1]))
+            others = [str(e.get("event", ""))[:200] for e in log if e not in lines]
+            polls.append((round(lags[-1], 1), len(lines), others[-3:]))
         time.sleep(1)
     assert len(lags) >= 20, lags
     steady = lags[5:]  # the first polls include the task's start-up
@@ -182,7 +188,9 @@ def test_a_running_task_is_live_and_survives_sigkill_of_its_worker(stack):
         f"\nlive view lag over {len(steady)} polls: p50 {statistics.median(steady):.1f}s, "
         f"max {max(steady):.1f}s (flush interval 5s)"
     )
-    assert max(steady) <= 10, steady
+    if max(steady) > 10:
+        warnings = [l for l in stack.output("logship").splitlines() if '"WARN' in l or '"ERROR' in l]
+        raise AssertionError(f"lag over 10 s: {steady}\npolls: {polls}\nlogship warnings: {warnings[-10:]}")
 
     # SIGKILL the whole worker at once: scheduler, its LocalExecutor workers and the task
     # (one process group here), and logship.

@@ -523,6 +523,13 @@ impl AirflowOutput {
         if targets.is_empty() {
             return;
         }
+        // Airflow's reader lists the attempt, then reads the objects one by one. Deleted
+        // at once after the fold that supersedes them, an object could vanish between
+        // a poll's read of the old first object and its read of this one: that poll
+        // would lack every line after the old first object (seen once in CI as a view
+        // 20 s behind). Waiting a moment makes a poll that slow unlikely; one that
+        // reads both the fold and these sees the lines twice, which the UI's merge drops.
+        tokio::time::sleep(delete_delay(self.settings.flush_interval)).await;
         let client = &self.client;
         let bucket = &self.settings.bucket;
         let mut batches = Vec::new();
@@ -626,6 +633,13 @@ fn pending_bytes(files: &HashMap<String, Tracked>) -> u64 {
         .values()
         .map(|t| t.attempt.pending().len() as u64)
         .sum()
+}
+
+/// How long superseded objects stay after the fold that replaces them is stored: a
+/// second, or a quarter of the flush interval when that is shorter (the round must
+/// still end well within its interval).
+fn delete_delay(flush_interval: Duration) -> Duration {
+    (flush_interval / 4).min(Duration::from_secs(1))
 }
 
 /// `prefix/rest`, or `rest` when the prefix is empty.
