@@ -497,22 +497,13 @@ fn check_delete(inner: &Inner, bucket: &str, headers: &HeaderMap, body: &Bytes) 
         return Verdict::Answer(StatusCode::OK, Bytes::from(answer));
     }
     // The request without the refused keys' <Object> elements.
-    let mut kept = String::with_capacity(text.len());
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find("<Object>") {
-        let Some(len) = rest[start..].find("</Object>") else {
-            break;
-        };
-        let end = start + len + "</Object>".len();
-        kept.push_str(&rest[..start]);
-        let object = &rest[start..end];
+    let kept = map_elements(&text, "Object", |object| {
         let key = between(object, "<Key>", "</Key>").map(|(_, k)| xml_unescape(k));
-        if !key.is_some_and(|k| refused.contains(&k)) {
-            kept.push_str(object);
+        match key.is_some_and(|k| refused.contains(&k)) {
+            true => String::new(),
+            false => object.to_string(),
         }
-        rest = &rest[end..];
-    }
-    kept.push_str(rest);
+    });
     Verdict::DeleteWithout {
         body: Bytes::from(kept),
         refused,
@@ -577,16 +568,25 @@ fn split_path(path: &str) -> Option<(String, String, String)> {
 
 /// Replaces the ETags of encrypted objects in a ListObjectsV2 answer.
 fn rewrite_listing(inner: &mut Inner, bucket: &str, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body).to_string();
+    let text = String::from_utf8_lossy(body);
+    map_elements(&text, "Contents", |contents| {
+        rewrite_contents(inner, bucket, contents)
+    })
+}
+
+/// `text` with every `<tag>...</tag>` element replaced by what `f` makes of it (an
+/// empty string drops it); the text between elements is kept as it is.
+fn map_elements(text: &str, tag: &str, mut f: impl FnMut(&str) -> String) -> String {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("<Contents>") {
-        let Some(len) = rest[start..].find("</Contents>") else {
+    let mut rest = text;
+    while let Some(start) = rest.find(&open) {
+        let Some(len) = rest[start..].find(&close) else {
             break;
         };
-        let end = start + len + "</Contents>".len();
+        let end = start + len + close.len();
         out.push_str(&rest[..start]);
-        out.push_str(&rewrite_contents(inner, bucket, &rest[start..end]));
+        out.push_str(&f(&rest[start..end]));
         rest = &rest[end..];
     }
     out.push_str(rest);
