@@ -24,70 +24,47 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rmpv::Value;
-
-use super::frame::{Event, EventTime, Frame};
+use super::frame::{Event, EventTime, Field, Frame, Value, to_json};
 use crate::record::{self, Assembler, FileMeta, Logical, MAX_LOGICAL_BYTES};
 
 /// Records of one tag, encoded.
 pub type Batch = (Arc<str>, Vec<u8>);
 
-/// The text of a field, if it is a string (or bytes, as some drivers send).
-fn text(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) => s.as_str(),
-        Value::Binary(b) => std::str::from_utf8(b).ok(),
-        _ => None,
-    }
+/// The fields of an event that the Docker/containerd fluentd driver writes, read in one
+/// pass over the record.
+#[derive(Default)]
+struct Driver<'a> {
+    log: Option<Field<'a>>,
+    container_id: &'a str,
+    container_name: &'a str,
+    source: &'a str,
+    partial_message: bool,
+    partial_id: &'a str,
+    partial_last: bool,
 }
 
-fn field<'a>(event: &'a Event, key: &str) -> Option<&'a Value> {
-    event
-        .record
-        .iter()
-        .find_map(|(k, v)| (k == key).then_some(v))
-}
-
-/// Whether a field is a true flag (`"true"` as the drivers send it, or a boolean).
-fn flag(event: &Event, key: &str) -> bool {
-    match field(event, key) {
-        Some(Value::Boolean(b)) => *b,
-        Some(v) => text(v) == Some("true"),
-        None => false,
-    }
-}
-
-/// The JSON of a MessagePack value (for events without `log`).
-pub fn to_json(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::Nil => J::Null,
-        Value::Boolean(b) => J::Bool(*b),
-        Value::Integer(i) => i
-            .as_i64()
-            .map(J::from)
-            .or_else(|| i.as_u64().map(J::from))
-            .unwrap_or(J::Null),
-        Value::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
-        Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-        Value::String(s) => J::String(s.as_str().map_or_else(
-            || String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            str::to_string,
-        )),
-        Value::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
-        Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
-        Value::Map(m) => J::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let key = match text(k) {
-                        Some(t) => t.to_string(),
-                        None => to_json(k).to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        Value::Ext(_, _) => J::Null,
+impl<'a> Driver<'a> {
+    fn of(event: &Event<'a>) -> Self {
+        let mut d = Self::default();
+        let text = |f: &Field<'a>| f.text().unwrap_or("");
+        // A true flag: `"true"` as the drivers send it, or a boolean.
+        let flag = |f: &Field<'a>| match f.value {
+            Value::Bool(b) => b,
+            _ => f.text() == Some("true"),
+        };
+        for (key, f) in event.record.fields() {
+            match key {
+                "log" => d.log = Some(f),
+                "container_id" => d.container_id = text(&f),
+                "container_name" => d.container_name = text(&f),
+                "source" => d.source = text(&f),
+                "partial_message" => d.partial_message = flag(&f),
+                "partial_id" => d.partial_id = text(&f),
+                "partial_last" => d.partial_last = flag(&f),
+                _ => {}
+            }
+        }
+        d
     }
 }
 
@@ -192,7 +169,7 @@ impl Converter {
     }
 
     /// Converts a frame's events; the records go to `out` (one batch per tag).
-    pub fn push(&mut self, frame: &Frame, tag: &Arc<str>, out: &mut Vec<Batch>) {
+    pub fn push(&mut self, frame: &Frame<'_>, tag: &Arc<str>, out: &mut Vec<Batch>) {
         let mut data = Vec::with_capacity(frame.events.len() * 256);
         let now = Instant::now();
         let mut logicals = std::mem::take(&mut self.logicals);
@@ -214,38 +191,34 @@ impl Converter {
     fn push_event(
         &mut self,
         tag: &Arc<str>,
-        event: &Event,
+        event: &Event<'_>,
         now: Instant,
         clock: &mut TimeText,
         logicals: &mut Vec<Logical>,
         data: &mut Vec<u8>,
     ) {
-        let Some(log) = field(event, "log") else {
+        let driver = Driver::of(event);
+        let Some(log) = driver.log else {
             // An application's own map: its JSON is the line.
-            let map = Value::Map(
-                event
-                    .record
-                    .iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), v.clone()))
-                    .collect(),
-            );
-            let line = to_json(&map).to_string();
-            let stream = self.stream(tag, event);
+            let map: serde_json::Map<String, serde_json::Value> = event
+                .record
+                .fields()
+                .map(|(k, f)| (k.to_string(), to_json(f.raw)))
+                .collect();
+            let line = serde_json::Value::Object(map).to_string();
+            let stream = self.stream(tag, &driver);
             Self::line(stream, &line, event.time, clock, logicals, data);
             return;
         };
-        let log = match text(log) {
-            Some(t) => std::borrow::Cow::Borrowed(t),
-            None => match log {
-                Value::Binary(b) => String::from_utf8_lossy(b),
-                other => std::borrow::Cow::Owned(to_json(other).to_string()),
-            },
+        let log = match log.value {
+            Value::Str(b) | Value::Bin(b) => String::from_utf8_lossy(b),
+            _ => std::borrow::Cow::Owned(to_json(log.raw).to_string()),
         };
-        let partial = flag(event, "partial_message");
-        let last = flag(event, "partial_last");
-        let partial_id = field(event, "partial_id").and_then(text).unwrap_or("");
+        let partial = driver.partial_message;
+        let last = driver.partial_last;
+        let partial_id = driver.partial_id;
         let timeout = self.timeout;
-        let stream = self.stream(tag, event);
+        let stream = self.stream(tag, &driver);
         if let Some(p) = &stream.partial
             && (!partial || p.id != partial_id)
         {
@@ -279,9 +252,8 @@ impl Converter {
         }
     }
 
-    fn stream(&mut self, tag: &Arc<str>, event: &Event) -> &mut Stream {
-        let container_id = field(event, "container_id").and_then(text).unwrap_or("");
-        let source = field(event, "source").and_then(text).unwrap_or("");
+    fn stream(&mut self, tag: &Arc<str>, driver: &Driver<'_>) -> &mut Stream {
+        let (container_id, source) = (driver.container_id, driver.source);
         // Nearly every event is of the stream before it: no key is built for those.
         let same = self.last.as_ref().is_some_and(|last| {
             *last.tag == **tag && last.container_id == container_id && last.source == source
@@ -305,7 +277,7 @@ impl Converter {
         }
         self.last = Some(key.clone());
         self.streams.entry(key).or_insert_with_key(|key| {
-            let container_name = field(event, "container_name").and_then(text).unwrap_or("");
+            let container_name = driver.container_name;
             let mut members: Vec<(&str, &str)> = vec![("tag", &key.tag)];
             if !container_name.is_empty() {
                 members.push(("container_name", container_name.trim_start_matches('/')));
@@ -440,14 +412,23 @@ mod tests {
     use super::*;
     use serde_json::Value as J;
 
-    fn ev(seconds: u64, fields: &[(&str, &str)]) -> Event {
-        Event {
-            time: EventTime { seconds, nanos: 5 },
-            record: fields
+    use rmpv::Value as M;
+
+    /// An entry `[EventTime(seconds, 5 ns), {fields}]`, as a client encodes it.
+    fn ev(seconds: u64, fields: &[(&str, &str)]) -> M {
+        entry(
+            seconds,
+            fields
                 .iter()
-                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .map(|(k, v)| (M::from(*k), M::from(*v)))
                 .collect(),
-        }
+        )
+    }
+
+    fn entry(seconds: u64, record: Vec<(M, M)>) -> M {
+        let mut time = (seconds as u32).to_be_bytes().to_vec();
+        time.extend(5u32.to_be_bytes());
+        M::Array(vec![M::Ext(0, time), M::Map(record)])
     }
 
     fn docker(log: &str) -> Vec<(&'static str, String)> {
@@ -459,13 +440,26 @@ mod tests {
         ]
     }
 
-    fn frame(events: Vec<Event>, chunk: Option<&str>) -> Frame {
-        Frame {
-            tag: "scheduler-firelens-t1".into(),
-            events,
-            chunk: chunk.map(str::to_string),
-            size: None,
+    /// A Forward-mode frame of `events` on the wire.
+    fn frame(events: Vec<M>, chunk: Option<&str>) -> Vec<u8> {
+        let mut parts = vec![M::from("scheduler-firelens-t1"), M::Array(events)];
+        if let Some(c) = chunk {
+            parts.push(M::Map(vec![(M::from("chunk"), M::from(c))]));
         }
+        let mut wire = Vec::new();
+        rmpv::encode::write_value(&mut wire, &M::Array(parts)).unwrap();
+        wire
+    }
+
+    /// Decodes `wire` as the server does and converts its events.
+    fn push(c: &mut Converter, wire: &[u8], tag: &Arc<str>, out: &mut Vec<Batch>) {
+        let mut d = super::super::frame::Decoder::default();
+        let (f, used) = d
+            .decode(wire, &super::super::frame::Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, wire.len());
+        c.push(&f, tag, out);
     }
 
     fn records(batches: &[Batch]) -> Vec<J> {
@@ -489,7 +483,7 @@ mod tests {
         )
     }
 
-    fn event_of(fields: Vec<(&str, String)>, seconds: u64) -> Event {
+    fn event_of(fields: Vec<(&str, String)>, seconds: u64) -> M {
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ev(seconds, &pairs)
     }
@@ -499,7 +493,8 @@ mod tests {
         let mut c = conv();
         let tag: Arc<str> = Arc::from("scheduler-firelens-t1");
         let mut out = Vec::new();
-        c.push(
+        push(
+            &mut c,
             &frame(vec![event_of(docker("hello"), 1_700_000_000)], None),
             &tag,
             &mut out,
@@ -535,10 +530,16 @@ mod tests {
         };
         let a = "a".repeat(16 * 1024);
         let b = "b".repeat(16 * 1024);
-        c.push(&frame(vec![part(&a, "1", "false")], None), &tag, &mut out);
+        push(
+            &mut c,
+            &frame(vec![part(&a, "1", "false")], None),
+            &tag,
+            &mut out,
+        );
         assert!(records(&out).is_empty(), "waits for the rest");
         assert!(c.next_due().is_some());
-        c.push(
+        push(
+            &mut c,
             &frame(
                 vec![
                     part(&b, "2", "false"),
@@ -567,12 +568,18 @@ mod tests {
         let mut f = docker("half");
         f.push(("partial_message", "true".into()));
         f.push(("partial_id", "p9".into()));
-        c.push(&frame(vec![event_of(f.clone(), 1)], None), &tag, &mut out);
+        push(
+            &mut c,
+            &frame(vec![event_of(f.clone(), 1)], None),
+            &tag,
+            &mut out,
+        );
         assert!(records(&out).is_empty());
         c.flush_due(Instant::now() + Duration::from_secs(2), &mut out);
         assert_eq!(records(&out)[0]["message"], "half");
         out.clear();
-        c.push(
+        push(
+            &mut c,
             &frame(vec![event_of(f, 1)], Some("chunk-1")),
             &tag,
             &mut out,
@@ -601,7 +608,7 @@ mod tests {
             .enumerate()
             .map(|(i, l)| event_of(docker(l), i as u64))
             .collect();
-        c.push(&frame(events, None), &tag, &mut out);
+        push(&mut c, &frame(events, None), &tag, &mut out);
         c.flush_all(&mut out);
         let r = records(&out);
         assert_eq!(r.len(), 2, "{r:?}");
@@ -624,18 +631,15 @@ mod tests {
         let mut c = conv();
         let tag: Arc<str> = Arc::from("app.events");
         let mut out = Vec::new();
-        let e = Event {
-            time: EventTime {
-                seconds: 1,
-                nanos: 0,
-            },
-            record: vec![
-                ("message".into(), Value::from("user logged in")),
-                ("user".into(), Value::from("ada")),
-                ("n".into(), Value::from(3)),
+        let e = entry(
+            1,
+            vec![
+                (M::from("message"), M::from("user logged in")),
+                (M::from("user"), M::from("ada")),
+                (M::from("n"), M::from(3)),
             ],
-        };
-        c.push(&frame(vec![e], None), &tag, &mut out);
+        );
+        push(&mut c, &frame(vec![e], None), &tag, &mut out);
         let r = records(&out);
         assert_eq!(r[0]["message"], "user logged in");
         assert_eq!(r[0]["fields"]["user"], "ada");

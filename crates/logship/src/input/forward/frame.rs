@@ -6,7 +6,10 @@
 //!
 //! Bounded before anything is allocated: a frame is first walked marker by marker
 //! ([`measure`]) against [`Limits`] (its bytes, its nesting, its number of values), and
-//! only a frame that passes is decoded into values (rmpv). A declared length beyond the
+//! only a frame that passes is decoded. Decoding builds no tree of values: an event's
+//! record is a slice of the frame's bytes, checked (a map with UTF-8 string keys) and
+//! read field by field where it is converted ([`Record::fields`]); a Value tree per
+//! event was the forward input's largest cost (allocations, 15 % of its CPU). A declared length beyond the
 //! limit (a 4 GiB `size` or string) fails at once, without waiting for the bytes; so does
 //! nesting deeper than the limit. Gzip is inflated up to its own limit. The caller keeps
 //! at most `max_frame_bytes` of a connection's input buffered: [`decode`] says whether
@@ -15,7 +18,6 @@
 use std::io::Read;
 
 use rmp::Marker;
-use rmpv::Value;
 
 /// Bounds on one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,24 +54,24 @@ pub struct EventTime {
     pub nanos: u32,
 }
 
-/// One event: its time and its record (a map with string keys).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+/// One event: its time and its record, which borrows the frame's bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event<'a> {
     /// When.
     pub time: EventTime,
     /// The record's fields, in the sender's order.
-    pub record: Vec<(String, Value)>,
+    pub record: Record<'a>,
 }
 
-/// One decoded frame.
+/// One decoded frame; it borrows the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
+pub struct Frame<'a> {
     /// The tag.
-    pub tag: String,
+    pub tag: &'a str,
     /// The events, in order.
-    pub events: Vec<Event>,
+    pub events: Vec<Event<'a>>,
     /// The `chunk` option: the sender wants `{"ack": chunk}` once the events are durable.
-    pub chunk: Option<String>,
+    pub chunk: Option<&'a str>,
     /// The `size` option, as sent.
     pub size: Option<u64>,
 }
@@ -266,164 +268,495 @@ fn length(buf: &[u8], pos: &mut usize, width: usize) -> Result<Option<u64>, Fram
     ))
 }
 
-/// Decodes the frame at the start of `buf`: `Ok(None)` when more bytes are needed,
-/// otherwise the frame and the bytes it took.
-pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, FrameError> {
-    decode_with(&mut Walker::default(), buf, limits)
+/// Decodes frames, keeping what a connection reuses from one frame to the next: the walk
+/// of the frame being received (see [`Walker`]) and the buffer that CompressedPackedForward
+/// entries are inflated into.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    walker: Walker,
+    inflated: Vec<u8>,
 }
 
-/// [`decode`] continuing the walk `walker` made of `buf`'s start before (a connection
-/// keeps one across reads); the walker starts over after a whole frame.
-pub fn decode_with(
-    walker: &mut Walker,
-    buf: &[u8],
-    limits: &Limits,
-) -> Result<Option<(Frame, usize)>, FrameError> {
-    let walked = walker.resume(buf, limits);
-    let Some(len) = walked?.map(|(bytes, _)| bytes) else {
-        if buf.len() >= limits.max_frame_bytes {
-            return Err(FrameError::TooLarge(format!(
-                "no complete frame in {} bytes",
-                limits.max_frame_bytes
-            )));
+impl Decoder {
+    /// Decodes the frame at the start of `buf` (the bytes walked before, and more):
+    /// `Ok(None)` when more bytes are needed, otherwise the frame and the bytes it took.
+    /// The frame borrows `buf` (and the decoder, for inflated entries).
+    pub fn decode<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+    ) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
+        let walked = self.walker.resume(buf, limits);
+        let Some(len) = walked?.map(|(bytes, _)| bytes) else {
+            if buf.len() >= limits.max_frame_bytes {
+                return Err(FrameError::TooLarge(format!(
+                    "no complete frame in {} bytes",
+                    limits.max_frame_bytes
+                )));
+            }
+            return Ok(None);
+        };
+        self.walker = Walker::default();
+        Ok(Some((frame(&buf[..len], &mut self.inflated, limits)?, len)))
+    }
+
+    /// Hands back the memory of a large inflated frame once its events are converted.
+    pub fn trim(&mut self) {
+        if self.inflated.capacity() > 1 << 20 {
+            self.inflated = Vec::new();
         }
-        return Ok(None);
-    };
-    *walker = Walker::default();
-    let value = read(&buf[..len], limits)?;
-    Ok(Some((frame(value, limits)?, len)))
+    }
 }
 
-fn read(mut bytes: &[u8], limits: &Limits) -> Result<Value, FrameError> {
-    rmpv::decode::read_value_with_max_depth(&mut bytes, limits.max_depth + 1)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+/// Decodes the frame at the start of `buf` with a fresh [`Decoder`] (tests, the fuzz
+/// target): `Ok(None)` when more bytes are needed, otherwise the frame's summary and the
+/// bytes it took.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Summary, usize)>, FrameError> {
+    let mut decoder = Decoder::default();
+    Ok(decoder
+        .decode(buf, limits)?
+        .map(|(f, used)| (Summary::of(&f), used)))
+}
+
+/// What a decoded frame held, owned: for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The tag.
+    pub tag: String,
+    /// Each event's time and its record's fields (values as JSON text).
+    pub events: Vec<(EventTime, Vec<(String, String)>)>,
+    /// The `chunk` option.
+    pub chunk: Option<String>,
+    /// The `size` option.
+    pub size: Option<u64>,
+}
+
+impl Summary {
+    /// The summary of `frame`.
+    pub fn of(frame: &Frame<'_>) -> Self {
+        Self {
+            tag: frame.tag.to_string(),
+            events: frame
+                .events
+                .iter()
+                .map(|e| {
+                    let fields = e
+                        .record
+                        .fields()
+                        .map(|(k, f)| (k.to_string(), to_json(f.raw).to_string()))
+                        .collect();
+                    (e.time, fields)
+                })
+                .collect(),
+            chunk: frame.chunk.map(str::to_string),
+            size: frame.size,
+        }
+    }
 }
 
 fn invalid(what: impl Into<String>) -> FrameError {
     FrameError::Invalid(what.into())
 }
 
-fn frame(value: Value, limits: &Limits) -> Result<Frame, FrameError> {
-    let Value::Array(mut parts) = value else {
-        return Err(invalid("a frame is an array"));
-    };
-    if !(2..=4).contains(&parts.len()) {
-        return Err(invalid(format!(
-            "a frame has 2 to 4 parts, not {}",
-            parts.len()
-        )));
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, FrameError> {
+    std::str::from_utf8(bytes).map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
+/// One MessagePack value as a pull parser sees it: scalars whole, strings, binaries and
+/// extensions as slices of the frame, arrays and maps as their number of items (which
+/// follow in the reader).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// nil.
+    Nil,
+    /// true or false.
+    Bool(bool),
+    /// A non-negative integer.
+    Uint(u64),
+    /// A negative integer (or a signed encoding of any integer).
+    Int(i64),
+    /// float 32.
+    F32(f32),
+    /// float 64.
+    F64(f64),
+    /// str: bytes that should be UTF-8.
+    Str(&'a [u8]),
+    /// bin.
+    Bin(&'a [u8]),
+    /// ext: its type and data.
+    Ext(i8, &'a [u8]),
+    /// An array of this many values.
+    Array(u32),
+    /// A map of this many pairs.
+    Map(u32),
+}
+
+/// Reads values from bytes the [`Walker`] accepted; a value that ends early is refused
+/// (it cannot happen after a walk, but packed entries are read the same way).
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
     }
-    let tag = match parts.remove(0) {
-        Value::String(s) => s
-            .into_str()
-            .ok_or_else(|| invalid("the tag is not UTF-8"))?,
-        _ => return Err(invalid("the tag is not a string")),
-    };
-    let second = parts.remove(0);
-    let (events, options) = match second {
-        // Message mode: [tag, time, record, option?].
-        time @ (Value::Integer(_) | Value::Ext(..)) => {
-            if parts.is_empty() {
-                return Err(invalid("a Message frame has no record"));
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| invalid("a value ends early"))?;
+        let bytes = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn uint(&mut self, width: usize) -> Result<u64, FrameError> {
+        Ok(self
+            .take(width)?
+            .iter()
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b)))
+    }
+
+    /// The next value (for an array or a map, its header).
+    pub fn value(&mut self) -> Result<Value<'a>, FrameError> {
+        let byte = self.take(1)?[0];
+        let len = |r: &mut Self, w: usize| r.uint(w).map(|n| n as usize);
+        Ok(match Marker::from_u8(byte) {
+            Marker::FixPos(n) => Value::Uint(u64::from(n)),
+            Marker::FixNeg(n) => Value::Int(i64::from(n)),
+            Marker::Null => Value::Nil,
+            Marker::True => Value::Bool(true),
+            Marker::False => Value::Bool(false),
+            Marker::U8 => Value::Uint(self.uint(1)?),
+            Marker::U16 => Value::Uint(self.uint(2)?),
+            Marker::U32 => Value::Uint(self.uint(4)?),
+            Marker::U64 => Value::Uint(self.uint(8)?),
+            Marker::I8 => Value::Int(i64::from(self.uint(1)? as u8 as i8)),
+            Marker::I16 => Value::Int(i64::from(self.uint(2)? as u16 as i16)),
+            Marker::I32 => Value::Int(i64::from(self.uint(4)? as u32 as i32)),
+            Marker::I64 => Value::Int(self.uint(8)? as i64),
+            Marker::F32 => Value::F32(f32::from_bits(self.uint(4)? as u32)),
+            Marker::F64 => Value::F64(f64::from_bits(self.uint(8)?)),
+            Marker::FixStr(n) => Value::Str(self.take(usize::from(n))?),
+            m @ (Marker::Str8 | Marker::Str16 | Marker::Str32) => {
+                let n = len(self, width(m))?;
+                Value::Str(self.take(n)?)
             }
-            let record = parts.remove(0);
-            let options = parts.pop();
-            if !parts.is_empty() {
-                return Err(invalid("a Message frame has 3 or 4 parts"));
+            m @ (Marker::Bin8 | Marker::Bin16 | Marker::Bin32) => {
+                let n = len(self, width(m))?;
+                Value::Bin(self.take(n)?)
             }
-            (vec![event(time, record)?], options)
+            Marker::FixExt1 => self.ext(1)?,
+            Marker::FixExt2 => self.ext(2)?,
+            Marker::FixExt4 => self.ext(4)?,
+            Marker::FixExt8 => self.ext(8)?,
+            Marker::FixExt16 => self.ext(16)?,
+            m @ (Marker::Ext8 | Marker::Ext16 | Marker::Ext32) => {
+                let n = len(self, width(m))?;
+                self.ext(n)?
+            }
+            Marker::FixArray(n) => Value::Array(u32::from(n)),
+            Marker::Array16 => Value::Array(self.uint(2)? as u32),
+            Marker::Array32 => Value::Array(self.uint(4)? as u32),
+            Marker::FixMap(n) => Value::Map(u32::from(n)),
+            Marker::Map16 => Value::Map(self.uint(2)? as u32),
+            Marker::Map32 => Value::Map(self.uint(4)? as u32),
+            Marker::Reserved => return Err(invalid("the reserved byte 0xc1")),
+        })
+    }
+
+    fn ext(&mut self, n: usize) -> Result<Value<'a>, FrameError> {
+        let kind = self.take(1)?[0] as i8;
+        Ok(Value::Ext(kind, self.take(n)?))
+    }
+
+    /// Skips what follows `head` (read just before): an array's or a map's items.
+    fn skip_items(&mut self, head: Value<'a>) -> Result<(), FrameError> {
+        let mut left: u64 = match head {
+            Value::Array(n) => u64::from(n),
+            Value::Map(n) => 2 * u64::from(n),
+            _ => 0,
+        };
+        while left > 0 {
+            left -= 1;
+            match self.value()? {
+                Value::Array(n) => left += u64::from(n),
+                Value::Map(n) => left += 2 * u64::from(n),
+                _ => {}
+            }
         }
-        // Forward mode: [tag, [[time, record], ...], option?].
-        Value::Array(entries) => {
-            let options = one_option(parts)?;
-            let events = entries.into_iter().map(entry).collect::<Result<_, _>>()?;
-            (events, options)
+        Ok(())
+    }
+
+    /// The next value whole: its head, and its encoding (the head and any items).
+    pub fn field(&mut self) -> Result<Field<'a>, FrameError> {
+        let start = self.pos;
+        let value = self.value()?;
+        self.skip_items(value)?;
+        Ok(Field {
+            value,
+            raw: &self.buf[start..self.pos],
+        })
+    }
+}
+
+/// The width of the length that follows a str, bin or ext marker.
+fn width(m: Marker) -> usize {
+    match m {
+        Marker::Str8 | Marker::Bin8 | Marker::Ext8 => 1,
+        Marker::Str16 | Marker::Bin16 | Marker::Ext16 => 2,
+        _ => 4,
+    }
+}
+
+/// A value of a record: its head, and its whole encoding (to read an array's or a map's
+/// items).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Field<'a> {
+    /// The head.
+    pub value: Value<'a>,
+    /// The whole value, encoded.
+    pub raw: &'a [u8],
+}
+
+impl<'a> Field<'a> {
+    /// The text of a string (or of bytes, as some drivers send), if it is UTF-8.
+    pub fn text(&self) -> Option<&'a str> {
+        match self.value {
+            Value::Str(b) | Value::Bin(b) => std::str::from_utf8(b).ok(),
+            _ => None,
         }
-        // PackedForward (and CompressedPackedForward): [tag, bin|str of entries, option?].
-        packed @ (Value::Binary(_) | Value::String(_)) => {
-            let bytes = match packed {
-                Value::Binary(b) => b,
-                Value::String(s) => s.into_bytes(),
-                _ => unreachable!("matched above"),
+    }
+}
+
+/// A record: a map whose keys are UTF-8 strings (checked when it was decoded), its
+/// values still encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Record<'a> {
+    pairs: u32,
+    /// The pairs, encoded (after the map's head).
+    items: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The fields in the sender's order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a str, Field<'a>)> + use<'a> {
+        let mut r = Reader::new(self.items);
+        (0..self.pairs).map_while(move |_| {
+            // Checked at decode: string keys, whole values.
+            let key = match r.value().ok()? {
+                Value::Str(k) => std::str::from_utf8(k).ok()?,
+                _ => return None,
             };
-            let options = one_option(parts)?;
-            let compressed = options
-                .as_ref()
-                .and_then(|o| option(o, "compressed"))
-                .map(|v| v.as_str().map(str::to_owned));
-            let entries = match compressed {
-                None => bytes,
-                Some(Some(c)) if c == "gzip" => inflate(&bytes, limits)?,
-                Some(other) => {
-                    return Err(invalid(format!("compression {other:?} is not gzip")));
+            Some((key, r.field().ok()?))
+        })
+    }
+
+    /// Reads a record (a map with string keys) from `r`.
+    fn read(r: &mut Reader<'a>) -> Result<Self, FrameError> {
+        let Value::Map(pairs) = r.value()? else {
+            return Err(invalid("the record is not a map"));
+        };
+        let start = r.pos;
+        for _ in 0..pairs {
+            match r.value()? {
+                Value::Str(k) => {
+                    utf8(k, "a record key")?;
                 }
-            };
-            (packed_entries(&entries, limits)?, options)
+                _ => return Err(invalid("a record key is not a string")),
+            }
+            r.field()?;
         }
-        _ => return Err(invalid("the second part is neither a time nor entries")),
-    };
-    let (mut chunk, mut size) = (None, None);
-    if let Some(options) = &options {
-        if !matches!(options, Value::Map(_)) {
-            return Err(invalid("the option is not a map"));
-        }
-        chunk = option(options, "chunk")
-            .map(|v| v.as_str().map(str::to_owned))
-            .map(|c| c.ok_or_else(|| invalid("the chunk option is not a string")))
-            .transpose()?;
-        size = option(options, "size").and_then(Value::as_u64);
+        Ok(Self {
+            pairs,
+            items: &r.buf[start..r.pos],
+        })
     }
-    Ok(Frame {
-        tag,
-        events,
-        chunk,
-        size,
+}
+
+/// The JSON of an encoded value (for records that are not a driver's, and values that
+/// are not text). Depth was bounded by the walk.
+pub fn to_json(raw: &[u8]) -> serde_json::Value {
+    json(&mut Reader::new(raw)).unwrap_or(serde_json::Value::Null)
+}
+
+fn json(r: &mut Reader<'_>) -> Result<serde_json::Value, FrameError> {
+    use serde_json::Value as J;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(match r.value()? {
+        Value::Nil | Value::Ext(..) => J::Null,
+        Value::Bool(b) => J::Bool(b),
+        Value::Uint(n) => J::from(n),
+        Value::Int(n) => J::from(n),
+        Value::F32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number),
+        Value::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        Value::Str(b) | Value::Bin(b) => J::String(text(b)),
+        Value::Array(n) => J::Array((0..n).map(|_| json(r)).collect::<Result<_, _>>()?),
+        Value::Map(n) => {
+            let mut map = serde_json::Map::new();
+            for _ in 0..n {
+                let key = match json(r)? {
+                    J::String(s) => s,
+                    other => other.to_string(),
+                };
+                map.insert(key, json(r)?);
+            }
+            J::Object(map)
+        }
     })
 }
 
-fn one_option(mut parts: Vec<Value>) -> Result<Option<Value>, FrameError> {
-    let options = parts.pop();
-    if !parts.is_empty() {
-        return Err(invalid("too many parts"));
-    }
-    Ok(options)
-}
-
-fn option<'a>(options: &'a Value, key: &str) -> Option<&'a Value> {
-    options
-        .as_map()?
-        .iter()
-        .find(|(k, _)| k.as_str() == Some(key))
-        .map(|(_, v)| v)
-}
-
-fn entry(value: Value) -> Result<Event, FrameError> {
-    let Value::Array(mut pair) = value else {
-        return Err(invalid("an entry is an array [time, record]"));
+fn frame<'a>(
+    bytes: &'a [u8],
+    inflated: &'a mut Vec<u8>,
+    limits: &Limits,
+) -> Result<Frame<'a>, FrameError> {
+    let mut r = Reader::new(bytes);
+    let Value::Array(parts) = r.value()? else {
+        return Err(invalid("a frame is an array"));
     };
-    if pair.len() != 2 {
-        return Err(invalid("an entry has two parts"));
+    if !(2..=4).contains(&parts) {
+        return Err(invalid(format!("a frame has 2 to 4 parts, not {parts}")));
     }
-    let record = pair.pop().expect("two parts");
-    let time = pair.pop().expect("two parts");
-    event(time, record)
+    let tag = match r.value()? {
+        Value::Str(s) => utf8(s, "the tag")?,
+        _ => return Err(invalid("the tag is not a string")),
+    };
+    // What follows the tag and the events: the option, if any.
+    let options = |r: &mut Reader<'a>, left: u32| -> Result<Options<'a>, FrameError> {
+        match left {
+            0 => Ok(Options::default()),
+            1 => Options::read(r),
+            _ => Err(invalid("too many parts")),
+        }
+    };
+    let second = r.value()?;
+    let (events, options) = match second {
+        // Message mode: [tag, time, record, option?].
+        Value::Uint(_) | Value::Int(_) | Value::Ext(..) => {
+            if parts < 3 {
+                return Err(invalid("a Message frame has no record"));
+            }
+            let record = Record::read(&mut r)?;
+            let options = options(&mut r, parts - 3)?;
+            (vec![event(second, &mut Reader::new(&[]), record)?], options)
+        }
+        // Forward mode: [tag, [[time, record], ...], option?].
+        Value::Array(n) => {
+            let mut events = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                events.push(entry(&mut r)?);
+            }
+            (events, options(&mut r, parts - 2)?)
+        }
+        // PackedForward (and CompressedPackedForward): [tag, bin|str of entries, option?].
+        Value::Bin(packed) | Value::Str(packed) => {
+            let options = options(&mut r, parts - 2)?;
+            let entries: &'a [u8] = match options.compressed {
+                None => packed,
+                Some(c) if c == b"gzip" => {
+                    inflate(packed, inflated, limits)?;
+                    inflated
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "compression {:?} is not gzip",
+                        String::from_utf8_lossy(other)
+                    )));
+                }
+            };
+            (packed_entries(entries, limits)?, options)
+        }
+        _ => return Err(invalid("the second part is neither a time nor entries")),
+    };
+    Ok(Frame {
+        tag,
+        events,
+        chunk: options.chunk,
+        size: options.size,
+    })
 }
 
-fn event(time: Value, record: Value) -> Result<Event, FrameError> {
+/// The options a frame may end with.
+#[derive(Default)]
+struct Options<'a> {
+    chunk: Option<&'a str>,
+    size: Option<u64>,
+    compressed: Option<&'a [u8]>,
+}
+
+impl<'a> Options<'a> {
+    fn read(r: &mut Reader<'a>) -> Result<Self, FrameError> {
+        let Value::Map(pairs) = r.value()? else {
+            return Err(invalid("the option is not a map"));
+        };
+        let mut o = Self::default();
+        for _ in 0..pairs {
+            let key = r.field()?;
+            let value = r.field()?;
+            match (key.value, value.value) {
+                (Value::Str(b"chunk"), Value::Str(c)) => o.chunk = Some(utf8(c, "the chunk")?),
+                (Value::Str(b"chunk"), _) => {
+                    return Err(invalid("the chunk option is not a string"));
+                }
+                (Value::Str(b"size"), Value::Uint(n)) => o.size = Some(n),
+                (Value::Str(b"compressed"), Value::Str(c)) => o.compressed = Some(c),
+                (Value::Str(b"compressed"), _) => {
+                    return Err(invalid("the compressed option is not a string"));
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// An entry `[time, record]` of Forward and PackedForward modes.
+fn entry<'a>(r: &mut Reader<'a>) -> Result<Event<'a>, FrameError> {
+    if r.value()? != Value::Array(2) {
+        return Err(invalid("an entry is an array [time, record]"));
+    }
+    let time = r.value()?;
+    // The time's items, if it is an array, are read by `event`.
+    let mut items = r.clone();
+    if let Value::Array(_) = time {
+        r.skip_items(time)?;
+    }
+    let record = Record::read(r)?;
+    event(time, &mut items, record)
+}
+
+/// An event from its time (`items` reads what follows it, if it is an array) and record.
+fn event<'a>(
+    time: Value<'a>,
+    items: &mut Reader<'a>,
+    record: Record<'a>,
+) -> Result<Event<'a>, FrameError> {
     // Forward protocol v1.5: `Metadata ::= integer | EventTime | [EventTime, Hash*]`;
     // Fluent Bit 5.0.5 and later send the last form by default (fluent/fluentd#5411). The
     // metadata maps are Fluent Bit's internal annotations and are not shipped.
     let time = match time {
-        Value::Array(mut parts)
-            if !parts.is_empty() && parts[1..].iter().all(|p| matches!(p, Value::Map(_))) =>
-        {
-            parts.swap_remove(0)
+        Value::Array(n) if n > 0 => {
+            let first = items.field()?;
+            for _ in 1..n {
+                if !matches!(items.field()?.value, Value::Map(_)) {
+                    return Err(invalid("the time is neither an integer nor an EventTime"));
+                }
+            }
+            first.value
         }
         other => other,
     };
     let time = match time {
-        Value::Integer(n) => EventTime {
-            seconds: n.as_u64().ok_or_else(|| invalid("a negative event time"))?,
+        Value::Uint(seconds) => EventTime { seconds, nanos: 0 },
+        Value::Int(n) => EventTime {
+            seconds: u64::try_from(n).map_err(|_| invalid("a negative event time"))?,
             nanos: 0,
         },
         // EventTime: extension type 0, seconds and nanoseconds as two big-endian u32.
@@ -440,25 +773,12 @@ fn event(time: Value, record: Value) -> Result<Event, FrameError> {
         }
         _ => return Err(invalid("the time is neither an integer nor an EventTime")),
     };
-    let Value::Map(fields) = record else {
-        return Err(invalid("the record is not a map"));
-    };
-    let record = fields
-        .into_iter()
-        .map(|(k, v)| match k {
-            Value::String(s) => s
-                .into_str()
-                .map(|k| (k, v))
-                .ok_or_else(|| invalid("a record key is not UTF-8")),
-            _ => Err(invalid("a record key is not a string")),
-        })
-        .collect::<Result<_, _>>()?;
     Ok(Event { time, record })
 }
 
 /// The events of a PackedForward stream: `[time, record]` arrays back to back, within one
 /// shared budget of values.
-fn packed_entries(mut bytes: &[u8], limits: &Limits) -> Result<Vec<Event>, FrameError> {
+fn packed_entries<'a>(mut bytes: &'a [u8], limits: &Limits) -> Result<Vec<Event<'a>>, FrameError> {
     let mut events = Vec::new();
     let mut budget = *limits;
     while !bytes.is_empty() {
@@ -466,18 +786,23 @@ fn packed_entries(mut bytes: &[u8], limits: &Limits) -> Result<Vec<Event>, Frame
             .ok_or_else(|| invalid("the packed entries end inside an entry"))?;
         // Each entry takes its values out of the frame's budget.
         budget.max_values = budget.max_values.saturating_sub(values);
-        events.push(entry(read(&bytes[..len], limits)?)?);
+        let mut r = Reader::new(&bytes[..len]);
+        events.push(entry(&mut r)?);
+        if r.pos != len {
+            return Err(invalid("an entry has more than [time, record]"));
+        }
         bytes = &bytes[len..];
     }
     Ok(events)
 }
 
-fn inflate(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, FrameError> {
-    let mut out = Vec::new();
+/// Inflates `bytes` into `out` (cleared first), up to the limit.
+fn inflate(bytes: &[u8], out: &mut Vec<u8>, limits: &Limits) -> Result<(), FrameError> {
+    out.clear();
     // MultiGzDecoder: Fluent Bit and Fluentd may send several gzip members back to back.
     flate2::read::MultiGzDecoder::new(bytes)
         .take(limits.max_inflated_bytes as u64 + 1)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(|e| invalid(format!("gzip: {e}")))?;
     if out.len() > limits.max_inflated_bytes {
         return Err(FrameError::TooLarge(format!(
@@ -485,5 +810,5 @@ fn inflate(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, FrameError> {
             limits.max_inflated_bytes
         )));
     }
-    Ok(out)
+    Ok(())
 }

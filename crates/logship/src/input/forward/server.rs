@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::buffer::Append;
 use super::event::{Batch, Converter};
-use super::frame::{self, Frame, FrameError, Limits};
+use super::frame::{self, FrameError, Limits};
 
 /// Bytes of records waiting for the buffer writer, all connections together: enough to
 /// keep the writer busy (it writes everything queued at once), small beside the 64 MiB
@@ -319,7 +319,7 @@ async fn connection<S>(
     let mut batches: Vec<Batch> = Vec::new();
     let mut tag: Option<Arc<str>> = None;
     // How far the frame being received was walked (see frame::Walker).
-    let mut walker = frame::Walker::default();
+    let mut decoder = frame::Decoder::default();
     let outcome: Result<(), String> = 'conn: loop {
         // Every whole frame the buffer holds.
         let mut used = 0;
@@ -330,19 +330,25 @@ async fn connection<S>(
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            match frame::decode_with(&mut walker, &buf[used..], &ctx.limits) {
+            match decoder.decode(&buf[used..], &ctx.limits) {
                 Ok(Some((frame, n))) => {
                     used += n;
-                    let handled = handle(
-                        &mut stream,
-                        &ctx,
-                        &mut conv,
-                        &mut tag,
-                        &mut batches,
-                        frame,
-                        permit,
-                    );
-                    if let Err(e) = handled.await {
+                    // Converted here, while the frame borrows the buffer; what is
+                    // awaited below owns its records.
+                    let t = match &tag {
+                        Some(t) if **t == *frame.tag => t.clone(),
+                        _ => {
+                            let t: Arc<str> = Arc::from(frame.tag);
+                            tag = Some(t.clone());
+                            t
+                        }
+                    };
+                    crate::telemetry::forward_events_received(frame.events.len() as u64);
+                    conv.push(&frame, &t, &mut batches);
+                    let chunk = frame.chunk.map(str::to_owned);
+                    drop(frame);
+                    decoder.trim();
+                    if let Err(e) = handle(&mut stream, &ctx, &mut batches, chunk, permit).await {
                         break 'conn Err(e);
                     }
                 }
@@ -406,27 +412,15 @@ fn refused(rest: &[u8], e: &FrameError) -> String {
     format!("{e}; the connection is closed")
 }
 
+/// Queues a frame's records and, if it asked for one (`chunk`), acknowledges it once
+/// they are written.
 async fn handle<S: AsyncWrite + Unpin>(
     stream: &mut S,
     ctx: &Context,
-    conv: &mut Converter,
-    tag: &mut Option<Arc<str>>,
     batches: &mut Vec<Batch>,
-    frame: Frame,
+    chunk: Option<String>,
     decoding: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String> {
-    let t = match tag {
-        Some(t) if **t == *frame.tag => t.clone(),
-        _ => {
-            let t: Arc<str> = Arc::from(frame.tag.as_str());
-            *tag = Some(t.clone());
-            t
-        }
-    };
-    crate::telemetry::forward_events_received(frame.events.len() as u64);
-    conv.push(&frame, &t, batches);
-    let chunk = frame.chunk;
-    drop(frame.events);
     let Some(chunk) = chunk else {
         let sent = send(ctx, batches, None).await;
         drop(decoding);

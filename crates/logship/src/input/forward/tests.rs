@@ -7,7 +7,7 @@ use std::io::Write;
 use proptest::prelude::*;
 use rmpv::Value;
 
-use super::frame::{EventTime, Frame, FrameError, Limits, decode, measure};
+use super::frame::{Decoder, EventTime, FrameError, Limits, Summary, decode, measure};
 
 fn bytes(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -39,7 +39,7 @@ fn options(pairs: &[(&str, Value)]) -> Value {
     Value::Map(pairs.iter().map(|(k, v)| (s(k), v.clone())).collect())
 }
 
-fn one(buf: &[u8]) -> Frame {
+fn one(buf: &[u8]) -> Summary {
     let (frame, used) = decode(buf, &Limits::default())
         .unwrap()
         .expect("a whole frame");
@@ -47,16 +47,15 @@ fn one(buf: &[u8]) -> Frame {
     frame
 }
 
-fn messages(f: &Frame) -> Vec<String> {
+fn messages(f: &Summary) -> Vec<String> {
     f.events
         .iter()
-        .map(|e| {
-            e.record
+        .map(|(_, fields)| {
+            fields
                 .iter()
                 .find(|(k, _)| k == "log")
-                .and_then(|(_, v)| v.as_str())
+                .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
                 .unwrap_or_default()
-                .to_string()
         })
         .collect()
 }
@@ -70,7 +69,7 @@ fn message_mode_with_both_time_forms() {
     ])));
     assert_eq!(f.tag, "airflow-scheduler");
     assert_eq!(
-        f.events[0].time,
+        f.events[0].0,
         EventTime {
             seconds: 1_764_720_000,
             nanos: 0
@@ -86,7 +85,7 @@ fn message_mode_with_both_time_forms() {
         options(&[("chunk", s("p8n9gmxTQVC8/nh2wlKKeQ=="))]),
     ])));
     assert_eq!(
-        f.events[0].time,
+        f.events[0].0,
         EventTime {
             seconds: 1_764_720_000,
             nanos: 123_456_789
@@ -336,7 +335,7 @@ fn metadata_wrapped_times_of_forward_protocol_v1_5() {
     let f = one(&bytes(&Value::Array(vec![s("app"), Value::Binary(packed)])));
     assert_eq!(messages(&f), ["with metadata"]);
     assert_eq!(
-        f.events[0].time,
+        f.events[0].0,
         EventTime {
             seconds: 1_700_000_000,
             nanos: 7
@@ -363,21 +362,95 @@ proptest! {
             .collect();
         let bytes = bytes(&Value::Array(vec![s("tag"), Value::Array(events), options(&[("chunk", s("c"))])]));
         let whole = one(&bytes);
-        let mut walker = super::frame::Walker::default();
+        let mut decoder = Decoder::default();
         let mut end = 0;
         let mut got = None;
         for cut in cuts.iter().cycle() {
             end = (end + cut).min(bytes.len());
-            match super::frame::decode_with(&mut walker, &bytes[..end], &Limits::default()).unwrap() {
+            match decoder.decode(&bytes[..end], &Limits::default()).unwrap() {
                 Some((f, used)) => {
                     prop_assert_eq!(end, bytes.len());
                     prop_assert_eq!(used, bytes.len());
-                    got = Some(f);
+                    got = Some(Summary::of(&f));
                     break;
                 }
                 None => prop_assert!(end < bytes.len()),
             }
         }
         prop_assert_eq!(got.unwrap(), whole);
+    }
+}
+
+/// Any MessagePack value, nested a few levels.
+fn any_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f32>().prop_map(Value::F32),
+        any::<f64>().prop_map(Value::F64),
+        ".{0,40}".prop_map(|t: String| Value::from(t)),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Binary),
+        (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..20))
+            .prop_map(|(t, d)| Value::Ext(t, d)),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            proptest::collection::vec((inner.clone(), inner), 0..8).prop_map(Value::Map),
+        ]
+    })
+}
+
+/// The JSON of a value as rmpv reads it: the reference for the decoder's own.
+fn reference_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil | Value::Ext(..) => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Integer(i) => i
+            .as_u64()
+            .map(J::from)
+            .or_else(|| i.as_i64().map(J::from))
+            .unwrap(),
+        Value::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
+        Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(s.as_str().unwrap().to_string()),
+        Value::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Array(a) => J::Array(a.iter().map(reference_json).collect()),
+        Value::Map(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in m {
+                let key = match reference_json(k) {
+                    J::String(s) => s,
+                    other => other.to_string(),
+                };
+                out.insert(key, reference_json(v));
+            }
+            J::Object(out)
+        }
+    }
+}
+
+proptest! {
+    /// The decoder's reader takes exactly a value's encoding, whatever it nests, and
+    /// reads the same value rmpv does; a record's fields come back in order, whole.
+    #[test]
+    fn the_reader_reads_what_rmpv_wrote(v in any_value(), values in proptest::collection::vec(any_value(), 0..6)) {
+        let wire = bytes(&v);
+        let mut r = super::frame::Reader::new(&wire);
+        let field = r.field().unwrap();
+        prop_assert_eq!(field.raw.len(), wire.len());
+        prop_assert_eq!(super::frame::to_json(field.raw), reference_json(&v));
+
+        let fields: Vec<(String, Value)> = values.into_iter().enumerate().map(|(i, v)| (format!("k{i}"), v)).collect();
+        let record = Value::Map(fields.iter().map(|(k, v)| (s(k), v.clone())).collect());
+        let frame = bytes(&Value::Array(vec![s("t"), Value::from(1), record]));
+        let mut decoder = Decoder::default();
+        let (f, _) = decoder.decode(&frame, &Limits::default()).unwrap().unwrap();
+        let got: Vec<(&str, serde_json::Value)> = f.events[0].record.fields().map(|(k, f)| (k, super::frame::to_json(f.raw))).collect();
+        let want: Vec<(&str, serde_json::Value)> = fields.iter().map(|(k, v)| (k.as_str(), reference_json(v))).collect();
+        prop_assert_eq!(got, want);
     }
 }
