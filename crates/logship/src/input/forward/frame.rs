@@ -547,11 +547,19 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// The fields in the sender's order.
     pub fn fields(&self) -> impl Iterator<Item = (&'a str, Field<'a>)> + use<'a> {
+        // Checked at decode: the keys are UTF-8.
+        self.keyed_fields()
+            .filter_map(|(k, f)| Some((std::str::from_utf8(k).ok()?, f)))
+    }
+
+    /// [`Record::fields`] with each key as its bytes, for a caller that only compares
+    /// them (the keys were checked once, when the record was decoded).
+    pub fn keyed_fields(&self) -> impl Iterator<Item = (&'a [u8], Field<'a>)> + use<'a> {
         let mut r = Reader::new(self.items);
         (0..self.pairs).map_while(move |_| {
             // Checked at decode: string keys, whole values.
             let key = match r.value().ok()? {
-                Value::Str(k) => std::str::from_utf8(k).ok()?,
+                Value::Str(k) => k,
                 _ => return None,
             };
             Some((key, r.field().ok()?))

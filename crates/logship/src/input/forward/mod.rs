@@ -154,6 +154,7 @@ pub async fn run(
         queue: Arc::new(Semaphore::new(server::QUEUE_BYTES)),
         // One frame decoded at a time (see server::Context::decoding).
         decoding: Arc::new(Semaphore::new(1)),
+        large_frames: Arc::new(Semaphore::new(server::LARGE_FRAMES)),
         appends: appends_tx,
         last_activity: Default::default(),
         epoch: Instant::now(),

@@ -34,6 +34,20 @@ use super::frame::{self, FrameError, Limits};
 /// of the task definition.
 pub const QUEUE_BYTES: usize = 4 << 20;
 
+/// Each connection's read buffer; a frame that does not fit grows it, once it has one of
+/// the [`LARGE_FRAMES`] slots.
+pub const BASE_BUFFER: usize = 64 * 1024;
+
+/// A read buffer with less room than this is grown before the next read.
+const MIN_READ: usize = 16 * 1024;
+
+/// Connections that may hold a frame larger than [`BASE_BUFFER`] at once. Frames are
+/// decoded one at a time, so more buffered whole frames are only memory: measured with 8
+/// connections of 640 KB frames (bench/logship/RESULTS.md), their read buffers were 8.4
+/// MiB of a 24 MiB heap, each grown to fit its frame and never given back. The Docker
+/// fluentd driver's frames (one event each) fit the base buffer and never wait for a slot.
+pub const LARGE_FRAMES: usize = 2;
+
 /// How a connection's bytes became records.
 pub(super) struct Context {
     pub limits: Limits,
@@ -47,6 +61,8 @@ pub(super) struct Context {
     /// unbounded 44.0 MiB peak, two at once 39.8 MiB, one at once 38.2 MiB and the
     /// fastest, bench/logship/RESULTS.md).
     pub decoding: Arc<Semaphore>,
+    /// Slots for connections receiving a frame larger than [`BASE_BUFFER`].
+    pub large_frames: Arc<Semaphore>,
     pub appends: mpsc::Sender<Append>,
     /// When the last byte arrived on any connection (milliseconds since `epoch`).
     pub last_activity: AtomicU64,
@@ -315,7 +331,9 @@ async fn connection<S>(
 {
     crate::telemetry::forward_connection_opened();
     let mut conv = Converter::new(ctx.boot, conn, ctx.ecs.clone(), ctx.multiline_timeout);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(BASE_BUFFER);
+    // Held while `buf` is larger than the base: a large frame is being received.
+    let mut large: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut batches: Vec<Batch> = Vec::new();
     let mut tag: Option<Arc<str>> = None;
     // How far the frame being received was walked (see frame::Walker).
@@ -360,6 +378,12 @@ async fn connection<S>(
             }
         }
         buf.drain(..used);
+        if buf.len() <= BASE_BUFFER && large.is_some() {
+            // The large frame is done: back to the base buffer, and let another
+            // connection receive one.
+            buf.shrink_to(BASE_BUFFER);
+            large = None;
+        }
         // Room for more of the frame being received: as much again as it has (fewer,
         // larger reads), at least 64 KiB, within the frame limit.
         let room = buf.len().max(64 * 1024).min(
@@ -368,7 +392,19 @@ async fn connection<S>(
                 .saturating_sub(buf.len())
                 .max(4096),
         );
-        buf.reserve(room.saturating_sub(buf.capacity() - buf.len()));
+        // Grown only when nearly full: a frame's tail left in the buffer is moved to its
+        // front, and reads go on into the rest of it.
+        if buf.capacity() - buf.len() < MIN_READ {
+            if buf.len() + room > BASE_BUFFER && large.is_none() {
+                // Growing beyond the base buffer takes one of the few large-frame
+                // slots: the others wait (their senders with them) until a slot is free.
+                // A slot's holder always finishes its frame without waiting for another
+                // connection, so waiting here cannot deadlock.
+                let slot = ctx.large_frames.clone().acquire_owned().await;
+                large = Some(slot.expect("never closed"));
+            }
+            buf.reserve_exact(room);
+        }
         let due = conv.next_due();
         tokio::select! {
             r = stream.read_buf(&mut buf) => match r {
