@@ -2,7 +2,7 @@
 //!
 //! Several NDJSON lines are packed into one Firehose record (Firehose bills each
 //! record rounded up to 5 KB, so packing small lines cuts cost); a batch holds at
-//! most 500 records and 2 MB and is sent when full or when its oldest line has
+//! most 500 records and 1 MB and is sent when full or when its oldest line has
 //! waited `--linger`. When `FailedPutCount > 0` only the failed records are sent
 //! again, after a full-jitter backoff — records that were accepted are never
 //! re-sent, so a partial failure cannot duplicate them. Chunks are acknowledged
@@ -25,13 +25,17 @@ use crate::chunk::Chunk;
 
 /// Most records in one PutRecordBatch call.
 pub const MAX_BATCH_RECORDS: usize = 500;
-/// Most bytes of record data in one call. The service allows 4 MiB per request; half of
-/// that keeps a sidecar's memory bounded: while a call is in flight logship holds the
-/// batch, its copy for re-sending failed records, and the SDK's base64 JSON body (4/3 of
-/// the data, built in a growing buffer). With 4 MB batches that peaked at 35 MiB RSS
-/// under a full-speed backlog; a Firehose stream's own throughput quota (1–5 MiB/s per
-/// stream by default) is far below what even 2 MB calls carry.
-pub const MAX_BATCH_BYTES: usize = 2_000_000;
+/// Most bytes of record data in one call. The service allows 4 MiB per request; a
+/// quarter of that keeps a sidecar's memory bounded: while a call is in flight logship
+/// holds the batch, its copy for re-sending failed records, and the SDK's base64 JSON
+/// body (4/3 of the data, built in a buffer grown by doubling, so that the old and the
+/// new buffer are both alive at its last growth). With 4 MB batches that peaked at 35
+/// MiB RSS under a full-speed file backlog; 2 MB batches peaked at 24.3 MiB there and at
+/// 31.4–33.8 MiB with the forward input's 8 connections, 1 MB at 20.4 and 27.9 MiB, at
+/// about 8 % more CPU per byte (bench/logship/RESULTS.md, session 15). A Firehose
+/// stream's own throughput quota (1–5 MiB/s per stream by default) is far below what
+/// even 1 MB calls carry.
+pub const MAX_BATCH_BYTES: usize = 1_000_000;
 /// Largest Firehose record (1,000 KiB before base64).
 pub const MAX_RECORD_BYTES: usize = 1_000 * 1024;
 

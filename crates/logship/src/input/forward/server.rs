@@ -32,7 +32,7 @@ use super::frame::{self, FrameError, Limits};
 /// Bytes of records waiting for the buffer writer, all connections together: enough to
 /// keep the writer busy (it writes everything queued at once), small beside the 64 MiB
 /// of the task definition.
-pub const QUEUE_BYTES: usize = 4 << 20;
+pub const QUEUE_BYTES: usize = 2 << 20;
 
 /// Each connection's read buffer; a frame that does not fit grows it, once it has one of
 /// the [`LARGE_FRAMES`] slots.
@@ -366,6 +366,15 @@ async fn connection<S>(
                     let chunk = frame.chunk.map(str::to_owned);
                     drop(frame);
                     decoder.trim();
+                    if large.is_some() && buf.len() - used <= BASE_BUFFER {
+                        // The large frame is converted: back to the base buffer, and let
+                        // another connection receive one while this one waits for the
+                        // queue and its ack.
+                        buf.drain(..used);
+                        used = 0;
+                        buf.shrink_to(BASE_BUFFER);
+                        large = None;
+                    }
                     if let Err(e) = handle(&mut stream, &ctx, &mut batches, chunk, permit).await {
                         break 'conn Err(e);
                     }
@@ -378,12 +387,6 @@ async fn connection<S>(
             }
         }
         buf.drain(..used);
-        if buf.len() <= BASE_BUFFER && large.is_some() {
-            // The large frame is done: back to the base buffer, and let another
-            // connection receive one.
-            buf.shrink_to(BASE_BUFFER);
-            large = None;
-        }
         // Room for more of the frame being received: as much again as it has (fewer,
         // larger reads), at least 64 KiB, within the frame limit.
         let room = buf.len().max(64 * 1024).min(
