@@ -6,7 +6,8 @@
 //! are written to the buffer, never before.
 //!
 //! Bounded: at most `max_connections` connections (more wait in the kernel's backlog),
-//! each holding at most one frame's bytes ([`Limits::max_frame_bytes`]), and the records
+//! each reading into [`BASE_BUFFER`] bytes, of which at most [`LARGE_FRAMES`] at a time
+//! grow theirs to hold a larger frame (up to [`Limits::max_frame_bytes`]); the records
 //! waiting for the writer are limited in bytes by a semaphore. A frame the decoder
 //! refuses (garbage, a hostile size, too deep) closes its connection with a counted
 //! error; nothing else notices.
