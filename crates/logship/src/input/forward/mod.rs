@@ -19,6 +19,7 @@ pub mod event;
 pub mod firelens;
 pub mod frame;
 pub mod server;
+pub mod value;
 
 #[cfg(test)]
 mod tests;
