@@ -307,6 +307,74 @@ async fn every_mode_decodes_and_acks_come_only_for_chunks() {
     assert!(!r.socket.exists(), "the socket is removed at exit");
 }
 
+/// Frames larger than a connection's 64 KiB read buffer need one of the router's two
+/// large-frame slots. Two senders that take both with half a frame and then go silent
+/// hold them only for the stall timeout (20 s): then they are closed, counted, and a
+/// third sender's large frame goes through and is acked; the halves are never shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_stalled_halfway_give_their_slots_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = start_router(tmp.path(), &[s("stdout")], &[], &moto().endpoint(), true).await;
+    let lines = |who: &str| -> Vec<String> {
+        (0..1000)
+            .map(|i| format!("{who} {i:04} {}", "x".repeat(300)))
+            .collect()
+    };
+    let half = forward_frame("big-firelens-t", "big", &lines("half"), Some("half"));
+    let half = &half[..half.len() / 2];
+    let mut stalled: Vec<Conn> = (0..2)
+        .map(|_| {
+            let mut c = Conn::unix(&r.socket);
+            c.send(half).unwrap();
+            c
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let whole = forward_frame("big-firelens-t", "big", &lines("whole"), Some("whole"));
+    let socket = r.socket.clone();
+    let sender = std::thread::spawn(move || {
+        let mut c = Conn::unix(&socket);
+        c.set_read_timeout(Duration::from_secs(60));
+        c.send(&whole).unwrap();
+        let ack = c.ack();
+        (ack, started.elapsed())
+    });
+    for c in &mut stalled {
+        assert!(
+            c.closed_within(Duration::from_secs(40)),
+            "a stalled sender kept its slot"
+        );
+    }
+    let (ack, waited) = sender.join().unwrap();
+    assert_eq!(ack, "whole");
+    // It had to wait for a slot: the two stalled senders held both.
+    assert!(
+        waited >= Duration::from_secs(15),
+        "acked after {waited:?}: the slots were not taken"
+    );
+    r.daemon
+        .eventually_on_stdout(Duration::from_secs(10), "the whole frame", |l| {
+            l.len() >= 1000
+        })
+        .await;
+    let m = r.daemon.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "logship_forward_frames_refused_total"),
+        2.0,
+        "{m}"
+    );
+    let records = r.daemon.stdout_records();
+    assert_eq!(records.len(), 1000);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["message"].as_str().unwrap().starts_with("whole ")),
+        "a stalled half was shipped"
+    );
+    r.daemon.stop(Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_close_their_connection_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();

@@ -42,12 +42,18 @@ pub const BASE_BUFFER: usize = 64 * 1024;
 /// A read buffer with less room than this is grown before the next read.
 const MIN_READ: usize = 16 * 1024;
 
-/// Connections that may hold a frame larger than [`BASE_BUFFER`] at once. Frames are
+/// Connections that may hold a frame larger than [`BASE_BUFFER`] at once (a holder
+/// whose frame stalls is closed after [`STALLED_FRAME`]). Frames are
 /// decoded one at a time, so more buffered whole frames are only memory: measured with 8
 /// connections of 640 KB frames (bench/logship/RESULTS.md), their read buffers were 8.4
 /// MiB of a 24 MiB heap, each grown to fit its frame and never given back. The Docker
 /// fluentd driver's frames (one event each) fit the base buffer and never wait for a slot.
 pub const LARGE_FRAMES: usize = 2;
+
+/// A connection holding a large-frame slot whose frame stops arriving for this long is
+/// closed, so that a sender stalled halfway (or a hostile one) cannot keep the slots
+/// from the others. A sender on the same host never pauses that long within a frame.
+pub const STALLED_FRAME: Duration = Duration::from_secs(20);
 
 /// How a connection's bytes became records.
 pub(super) struct Context {
@@ -427,6 +433,17 @@ async fn connection<S>(
                 if let Err(e) = send(&ctx, &mut batches, None).await {
                     break 'conn Err(e);
                 }
+            }
+            _ = tokio::time::sleep(STALLED_FRAME), if large.is_some() => {
+                // Half a large frame and then silence: the slot would be kept from the
+                // senders that need it. Nothing of the frame was acknowledged, so its
+                // sender sends it again when it reconnects.
+                crate::telemetry::forward_frame_refused(&FrameError::Invalid("stalled".into()));
+                break 'conn Err(format!(
+                    "{} bytes of a frame, then nothing for {} s: closed so that its large-frame slot serves other connections",
+                    buf.len(),
+                    STALLED_FRAME.as_secs()
+                ));
             }
             _ = ctx.closing.cancelled(), if buf.is_empty() => {
                 // The listeners closed and nothing is half received: finish.
