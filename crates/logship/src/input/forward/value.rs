@@ -37,7 +37,7 @@ pub enum Value<'a> {
     Map(u32),
 }
 
-/// Reads values from bytes the [`Walker`] accepted; a value that ends early is refused
+/// Reads values from bytes the [`Walker`](super::frame::Walker) accepted; a value that ends early is refused
 /// (it cannot happen after a walk, but packed entries are read the same way).
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
