@@ -310,9 +310,10 @@ impl Decoder {
     }
 }
 
-/// Decodes the frame at the start of `buf` with a fresh [`Decoder`] (tests, the fuzz
-/// target): `Ok(None)` when more bytes are needed, otherwise the frame's summary and the
-/// bytes it took.
+/// Decodes the frame at the start of `buf` with a fresh [`Decoder`] (for tests, which
+/// compare frames decoded from different buffers): `Ok(None)` when more bytes are
+/// needed, otherwise the frame's summary and the bytes it took.
+#[cfg(test)]
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Summary, usize)>, FrameError> {
     let mut decoder = Decoder::default();
     Ok(decoder
@@ -321,6 +322,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Summary, usize)>, F
 }
 
 /// What a decoded frame held, owned: for tests.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     /// The tag.
@@ -333,6 +335,7 @@ pub struct Summary {
     pub size: Option<u64>,
 }
 
+#[cfg(test)]
 impl Summary {
     /// The summary of `frame`.
     pub fn of(frame: &Frame<'_>) -> Self {
