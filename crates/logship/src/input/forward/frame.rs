@@ -12,7 +12,7 @@
 //! event was the forward input's largest cost (allocations, 15 % of its CPU). A declared length beyond the
 //! limit (a 4 GiB `size` or string) fails at once, without waiting for the bytes; so does
 //! nesting deeper than the limit. Gzip is inflated up to its own limit. The caller keeps
-//! at most `max_frame_bytes` of a connection's input buffered: [`decode`] says whether
+//! at most `max_frame_bytes` of a connection's input buffered: [`Decoder::decode`] says whether
 //! more bytes are needed, or how many it used.
 
 use std::io::Read;
